@@ -1,0 +1,3 @@
+from dmedit.cli import main
+
+main()

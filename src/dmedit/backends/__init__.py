@@ -1,0 +1,90 @@
+"""Model families behind one protocol (base.VideoBackend); device/dtype resolution; `load_backend`.
+
+A family module exposes `load_<family>(*, folder, device, dtype, vae_dtype, variant, vae_chunk,
+offload)`; FAMILIES maps a registry entry's `family` to it (imported lazily: `--version` and
+`probe` never import torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from dmedit.errors import ModelError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dmedit.backends.base import VideoBackend
+    from dmedit.config import ModelEntry
+
+FAMILIES = {"text_to_video": "dmedit.backends.text_to_video:load_text_to_video"}
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def resolve_device(*, name: str) -> "torch.device":
+    """auto -> cuda, then mps, then cpu. An explicit device that is not available is a usage error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r}: not a device (use auto, cpu, cuda, cuda:N or mps)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: unsupported device type {device.type!r}")
+    return device
+
+
+def resolve_dtype(*, name: str, device: "torch.device", entry: "ModelEntry") -> "torch.dtype":
+    """auto -> the entry's dtype for this device type (fp32 on the CPU by default)."""
+    import torch
+
+    chosen = getattr(entry.dtype, device.type, "fp32") if name == "auto" else name
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if chosen not in table:
+        raise UsageError(f"--dtype {name!r}: use auto, fp32, fp16 or bf16")
+    if device.type == "cpu" and chosen == "fp16":
+        raise UsageError("--dtype fp16 is not supported on the CPU; use fp32 or bf16")
+    return table[chosen]
+
+
+def load_backend(
+    *,
+    entry: "ModelEntry",
+    device: "torch.device",
+    dtype: "torch.dtype",
+    vae_chunk: int = 8,
+    offload: bool = False,
+) -> "VideoBackend":
+    """Find the entry's weights (hub.resolve_weights) and load them with its family's loader."""
+    import torch
+
+    from dmedit.hub import resolve_weights
+
+    if entry.family not in FAMILIES:
+        raise ModelError(f"model {entry.name!r}: unknown family {entry.family!r} (known: {', '.join(FAMILIES)})")
+    module_name, function_name = FAMILIES[entry.family].split(":")
+    loader = getattr(importlib.import_module(module_name), function_name)
+    folder = resolve_weights(entry=entry)
+    vae_dtype = torch.float32 if entry.vae_fp32 else dtype
+    return loader(
+        folder=folder,
+        device=device,
+        dtype=dtype,
+        vae_dtype=vae_dtype,
+        variant=entry.variant,
+        vae_chunk=vae_chunk,
+        offload=offload,
+    )

@@ -1,0 +1,110 @@
+"""The one stderr console: stage lines, a step progress bar, errors.
+
+On a terminal, Rich draws a live bar (step, t, loss terms, steps/s, ETA). Otherwise (batch
+scripts, CI logs) every stage and every `log_every`-th step is one plain line. `quiet` silences
+everything but errors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def make_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def format_terms(terms: Mapping[str, float]) -> str:
+    parts = []
+    for name, value in terms.items():
+        parts.append(f"t={int(value)}" if name == "t" else f"{name}={value:.4g}")
+    return " ".join(parts)
+
+
+@dataclass
+class Reporter:
+    """Progress on stderr; also records each stage's wall time for the run report."""
+
+    console: Console = field(default_factory=make_console)
+    quiet: bool = False
+    log_every: int = 10
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal and not self.quiet
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, markup=False)
+
+    def error(self, text: str) -> None:
+        self.console.print(f"error: {text}", markup=False, style="bold red" if self.console.is_terminal else None)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        if self.interactive:
+            with self.console.status(f"{name} ..."):
+                yield
+        else:
+            yield
+        elapsed = time.perf_counter() - started
+        self.timings[name] = self.timings.get(name, 0.0) + elapsed
+        self.line(f"{name}: done in {elapsed:.2f}s")
+
+    @contextmanager
+    def steps(self, *, total: int, first: int = 0) -> Iterator["StepReporter"]:
+        started = time.perf_counter()
+        if self.interactive:
+            progress = Progress(
+                TextColumn("optimise"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[terms]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            with progress:
+                task = progress.add_task("optimise", total=total, completed=first, terms="", rate="")
+                yield StepReporter(reporter=self, total=total, first=first, progress=progress, task=task)
+        else:
+            yield StepReporter(reporter=self, total=total, first=first)
+        self.timings["optimise"] = self.timings.get("optimise", 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class StepReporter:
+    reporter: Reporter
+    total: int
+    first: int = 0
+    progress: Progress | None = None
+    task: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def update(self, step: int, terms: Mapping[str, float]) -> None:
+        """`step` is the 0-based index of the step just finished."""
+        done = step + 1
+        elapsed = time.perf_counter() - self.started
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        text = format_terms(terms)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, terms=text, rate=f"{rate:.2f} step/s")
+            return
+        every = max(1, self.reporter.log_every)
+        if done % every == 0 or done == self.total or done == self.first + 1:
+            eta = (self.total - done) / rate if rate > 0 else 0.0
+            self.reporter.line(f"step {done}/{self.total} {text} {rate:.2f} step/s eta {eta:.0f}s")
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,51 @@
+"""Errors a user can act on, each with the exit code the CLI returns for it.
+
+Exit codes (also in the README and `dmedit --help`):
+0 ok, 2 usage, 3 bad input video or mask, 4 model missing or unloadable, 5 out of memory,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_MODEL = 4
+EXIT_OOM = 5
+EXIT_INTERRUPTED = 130
+
+
+class DmeditError(Exception):
+    """Base class: `str(error)` is the one line shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(DmeditError):
+    """Bad flags, bad config or registry file, bad output path."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(DmeditError):
+    """The input video or mask cannot be used."""
+
+    exit_code = EXIT_INPUT
+
+
+class ModelError(DmeditError):
+    """A model's weights are missing or cannot be loaded."""
+
+    exit_code = EXIT_MODEL
+
+
+class OutOfMemoryError(DmeditError):
+    """The device ran out of memory."""
+
+    exit_code = EXIT_OOM
+
+
+class InterruptedRun(DmeditError):
+    """The user pressed Ctrl-C; a checkpoint may have been written."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,129 @@
+"""Pure tensor functions of DreamMotion (paper Sec. 3): V-DDS gradient and S-/T-SSM losses.
+
+Shapes: latents and noise predictions are (B, C, F, h, w); keys of one attention layer for one
+branch are (F, HW, C) with HW = h_l * w_l, the layer's spatial grid. Nothing here weights terms
+against each other: the editor does that.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+COSINE_EPS = 1e-8
+
+
+def cfg_noise(*, uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: eps_w = eps(null) + w * (eps(y) - eps(null)). Any equal shapes."""
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def dds_grad(
+    *,
+    eps_target_uncond: torch.Tensor,
+    eps_target_cond: torch.Tensor,
+    eps_source_uncond: torch.Tensor,
+    eps_source_cond: torch.Tensor,
+    guidance_scale: float,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Masked Delta Denoising Score g = (eps_w(x_t, y_tgt) - eps_w(x̂_t, y_src)) ⊙ m, in float32.
+
+    eps_*: (1, C, F, h, w) noise predictions; "target" at the noised edited latents x_t, "source"
+    at the noised source latents x̂_t. mask: (1, 1, F, h, w) with 1 = editable, or None for the
+    whole frame. Returns (1, C, F, h, w); this is the gradient DDS applies to the latents
+    directly (no chain rule through the noising or the U-Net).
+    """
+    target = cfg_noise(uncond=eps_target_uncond.float(), cond=eps_target_cond.float(),
+                       guidance_scale=guidance_scale)
+    source = cfg_noise(uncond=eps_source_uncond.float(), cond=eps_source_cond.float(),
+                       guidance_scale=guidance_scale)
+    grad = target - source
+    return grad if mask is None else grad * mask.float()
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    """Float32 copy of `vectors` scaled to unit L2 norm along the last dimension."""
+    return F.normalize(vectors.float(), dim=-1, eps=COSINE_EPS)
+
+
+def spatial_self_similarity(*, keys: torch.Tensor) -> torch.Tensor:
+    """Per-frame cosine similarity of all spatial positions: (F, HW, C) -> (F, HW, HW), float32.
+
+    SS[n, i, j] = cos(K[n, i], K[n, j]).
+    """
+    unit = _unit(keys)
+    return unit @ unit.transpose(1, 2)
+
+
+def temporal_self_similarity(*, keys: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the frames' spatially averaged keys: (F, HW, C) -> (F, F), float32.
+
+    M[n] = mean_i K[n, i]; TS[a, b] = cos(M[a], M[b]).
+    """
+    unit = _unit(keys.float().mean(dim=1))
+    return unit @ unit.T
+
+
+def _spatial_squared_error_sum(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Sum over frames and entries of (SS(target) - SS(source))^2 for one chunk of frames."""
+    difference = spatial_self_similarity(keys=target) - spatial_self_similarity(keys=source)
+    return difference.square().sum()
+
+
+def _check_layers(target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor]) -> None:
+    if not target_keys or len(target_keys) != len(source_keys):
+        raise ValueError(f"need equally many target and source layers, got "
+                         f"{len(target_keys)} and {len(source_keys)}")
+    for target, source in zip(target_keys, source_keys):
+        if target.shape != source.shape or target.dim() != 3:
+            raise ValueError(f"keys must both be (F, HW, C), got {tuple(target.shape)} "
+                             f"and {tuple(source.shape)}")
+
+
+def spatial_ssm_loss(
+    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor], frame_chunk: int = 4
+) -> torch.Tensor:
+    """S-SSM loss: mean over layers of the MSE between SS(target) and SS(source), float32 scalar.
+
+    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. Per layer the
+    squared differences are averaged over all F * HW * HW entries (the MEAN, i.e. the usual MSE,
+    equal to the mean over frames of the per-frame mean). Frames are processed `frame_chunk` at a
+    time, and when gradients are needed each chunk is recomputed in backward (activation
+    checkpointing), so at most one chunk's HW x HW maps exist at any moment.
+    """
+    _check_layers(target_keys, source_keys)
+    per_layer = []
+    for target, source in zip(target_keys, source_keys):
+        frames, positions, _ = target.shape
+        source = source.detach()
+        total = target.new_zeros((), dtype=torch.float32)
+        for start in range(0, frames, frame_chunk):
+            chunk_target = target[start:start + frame_chunk]
+            chunk_source = source[start:start + frame_chunk]
+            if torch.is_grad_enabled() and chunk_target.requires_grad:
+                total = total + checkpoint(_spatial_squared_error_sum, chunk_target, chunk_source,
+                                           use_reentrant=False)
+            else:
+                total = total + _spatial_squared_error_sum(chunk_target, chunk_source)
+        per_layer.append(total / (frames * positions * positions))
+    return torch.stack(per_layer).mean()
+
+
+def temporal_ssm_loss(
+    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """T-SSM loss: mean over layers of MSE(TS(target), TS(source)) over the F x F entries.
+
+    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. Float32 scalar.
+    """
+    _check_layers(target_keys, source_keys)
+    per_layer = [
+        F.mse_loss(temporal_self_similarity(keys=target),
+                   temporal_self_similarity(keys=source.detach()))
+        for target, source in zip(target_keys, source_keys)
+    ]
+    return torch.stack(per_layer).mean()

@@ -17,7 +17,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 bench:
-	$(BIN)/python -m bench.run
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -4,11 +4,15 @@ start), the tiny backend built once, and generated clips."""
 from __future__ import annotations
 
 import os
-from fractions import Fraction
-from pathlib import Path
 
-import pytest
-import torch
+# Before torch loads libgomp: its default busy-wait crawls on 2 shared cores (see dmedit.cli.main).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fractions import Fraction  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from clips import make_clip
 

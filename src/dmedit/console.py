@@ -3,6 +3,10 @@
 On a terminal, Rich draws a live bar (step, t, loss terms, steps/s, ETA). Otherwise (batch
 scripts, CI logs) every stage and every `log_every`-th step is one plain line. `quiet` silences
 everything but errors.
+
+Lines are held back until `release()`: the cheap checks before the expensive part (probe, span,
+masks, model load) either all pass and are then reported, or the run fails with exactly one
+error line on stderr.
 """
 
 from __future__ import annotations
@@ -36,14 +40,25 @@ class Reporter:
     quiet: bool = False
     log_every: int = 10
     timings: dict[str, float] = field(default_factory=dict)
+    held: list[str] | None = field(default_factory=list)
 
     @property
     def interactive(self) -> bool:
         return self.console.is_terminal and not self.quiet
 
     def line(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, markup=False)
+        if self.quiet:
+            return
+        if self.held is not None:
+            self.held.append(text)
+            return
+        self.console.print(text, markup=False)
+
+    def release(self) -> None:
+        """Print the held lines; from now on lines print at once."""
+        held, self.held = self.held or [], None
+        for text in held:
+            self.line(text)
 
     def error(self, text: str) -> None:
         self.console.print(f"error: {text}", markup=False, style="bold red" if self.console.is_terminal else None)
@@ -62,6 +77,7 @@ class Reporter:
 
     @contextmanager
     def steps(self, *, total: int, first: int = 0) -> Iterator["StepReporter"]:
+        self.release()
         started = time.perf_counter()
         if self.interactive:
             progress = Progress(

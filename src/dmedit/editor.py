@@ -58,15 +58,16 @@ class BranchPlan:
 @dataclass
 class EditSession:
     """Everything computed once per run. source_latents x̂: (1,C,F,h,w) float32 on the device;
-    mask: (1,1,F,h,w) float32 on the device or None (full frame); embeddings: (3,L,D) for
-    ("", y_src, y_tgt) in the backend's dtype."""
+    mask: (1,1,F,h,w) float32 on the device or None (full frame); branch_embeddings: the
+    (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
+    the backend's dtype, gathered once from ("", y_src, y_tgt)."""
 
     backend: VideoBackend
     config: EditConfig
     key_layers: tuple[str, ...]
     source_latents: torch.Tensor
     mask: torch.Tensor | None
-    embeddings: torch.Tensor
+    branch_embeddings: dict[tuple[str, ...], torch.Tensor]
     plan: BranchPlan
     fingerprint: str
 
@@ -117,12 +118,24 @@ def _tensor_digest(tensor: torch.Tensor | None) -> str:
     return hashlib.sha256(array.tobytes()).hexdigest() + str(tuple(array.shape))
 
 
-def _fingerprint(*, frames, masks, src_prompt, tgt_prompt, config, key_layers, backend) -> str:
+def _fingerprint(
+    *, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str, tgt_prompt: str,
+    config: EditConfig, key_layers: Sequence[str], backend: VideoBackend,
+) -> str:
+    """Identity of a run's inputs for --resume: everything but steps/log/checkpoint cadence."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNFINGERPRINTED_SETTINGS}
     record = dict(frames=_tensor_digest(frames), masks=_tensor_digest(masks), src=src_prompt,
                   tgt=tgt_prompt, config=settings, key_layers=list(key_layers),
                   unet=type(backend.unet).__name__, dtype=str(backend.dtype))
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _branch_embeddings(
+    *, backend: VideoBackend, plan: BranchPlan, prompts: list[str]
+) -> dict[tuple[str, ...], torch.Tensor]:
+    embeddings = backend.encode_prompts(prompts=prompts)
+    calls = [plan.no_grad] + ([(plan.grad,)] if plan.grad is not None else [])
+    return {branches: embeddings[[BRANCHES[name][1] for name in branches]] for branches in calls}
 
 
 def prepare(
@@ -135,7 +148,11 @@ def prepare(
     config: EditConfig,
     key_layers: Sequence[str],
 ) -> EditSession:
-    """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid."""
+    """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid.
+
+    Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
+    (UsageError) before any work when an SSM term is on.
+    """
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be (F,3,H,W), got {tuple(frames.shape)}")
     for name in ("unet", "vae", "text_encoder"):
@@ -146,6 +163,7 @@ def prepare(
     if plan.grad is not None:
         select_key_layers(unet=backend.unet, patterns=key_layers)
     source = backend.encode_video(frames=frames).float()
+    prompts = ["", src_prompt, tgt_prompt]
     mask = None
     if masks is not None and config.use_mask:
         if tuple(masks.shape) != (1, 1, *source.shape[2:]):
@@ -154,7 +172,7 @@ def prepare(
         mask = masks.to(source.device, torch.float32)
     return EditSession(
         backend=backend, config=config, key_layers=tuple(key_layers), source_latents=source,
-        mask=mask, embeddings=backend.encode_prompts(prompts=["", src_prompt, tgt_prompt]),
+        mask=mask, branch_embeddings=_branch_embeddings(backend=backend, plan=plan, prompts=prompts),
         plan=plan,
         fingerprint=_fingerprint(frames=frames, masks=masks, src_prompt=src_prompt,
                                  tgt_prompt=tgt_prompt, config=config, key_layers=key_layers,
@@ -171,15 +189,17 @@ def new_state(*, session: EditSession) -> EditState:
     return EditState(latents=latents, optimizer=optimizer, generator=generator)
 
 
-def _unet_call(*, session, branches, noised, t, capture_rows: slice | None | bool):
+def _unet_call(
+    *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: int,
+    capture_rows: slice | None | bool,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
     """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, captured keys or None).
 
     capture_rows False: no key capture; None: keep all rows; a slice: keep those rows.
     """
     backend = session.backend
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
-    prompts = [BRANCHES[name][1] for name in branches]
-    embeddings = session.embeddings[prompts]
+    embeddings = session.branch_embeddings[branches]
     timesteps = torch.full((len(branches),), t, dtype=torch.long, device=backend.device)
     capture = (contextlib.nullcontext(None) if capture_rows is False else
                capture_keys(unet=backend.unet, patterns=session.key_layers, rows=capture_rows))
@@ -329,8 +349,8 @@ def edit(
     frames (F,3,H,W) in [-1,1] at model size; masks (1,1,F,h,w) {0,1} (1 = edit) or None.
     on_step(step_index, terms) runs after each step (step_index counts from 0). Checkpoints go to
     checkpoint_dir/checkpoint.pt every config.checkpoint_every steps and when stop_requested()
-    turns True, which then raises InterruptedRun. resume=True continues from that checkpoint to
-    the same result as an unbroken run.
+    turns True before the last step, which then raises InterruptedRun. resume=True continues
+    from that checkpoint (steps may be raised) to the same result as an unbroken run.
     """
     session = prepare(backend=backend, frames=frames, masks=masks, src_prompt=src_prompt,
                       tgt_prompt=tgt_prompt, config=config, key_layers=key_layers)
@@ -360,6 +380,6 @@ def edit(
                      if path is not None else "no checkpoint was written")
             raise InterruptedRun(f"interrupted after step {state.step}/{config.steps}; {where}")
     latents = state.latents.detach()
-    return EditResult(frames=backend.decode_latents(latents=latents.to(backend.dtype)),
+    return EditResult(frames=backend.decode_latents(latents=latents),
                       latents=latents.cpu().clone(), history=state.history,
                       steps_done=state.step, checkpoint=written)

@@ -125,6 +125,7 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
     output = request.output or default_output(video=request.video)
     if request.skip_existing and output.exists():
         reporter.line(f"{output}: exists, skipped")
+        reporter.release()
         return None
     videos.check_output_path(output=output, inputs=[request.video], overwrite=request.overwrite or request.resume)
     started = time.perf_counter()
@@ -326,6 +327,7 @@ def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path,
                          prompt=request.mask_prompt, box_threshold=request.box_threshold,
                          text_threshold=request.text_threshold, smooth=request.smooth, dilate=request.dilate,
                          device=_resolve_device(request.device))
+    reporter.release()
     with reporter.stage("write"):
         videos.write_video(path=preview, frames=draw_preview(frames=frames, masks=result.masks, detections=result.detections),
                            fps=span.fps)

@@ -10,9 +10,11 @@ Rules a user sees:
 - Output is MP4 (H.264, yuv420p, +faststart) whatever the suffix. yuv420p needs even sizes, so an
   odd width or height gains one column/row on the right/bottom that repeats the edge pixels; the
   written file then probes one pixel wider/taller.
-- Audio copied without re-encoding (aac, mp3, ...) is cut at packet boundaries: a packet is kept
-  when its midpoint lies in the span, so each end is within half an audio frame (AAC: 1024 samples,
-  23 ms at 44.1 kHz). Other codecs are decoded, cut to the sample and re-encoded to AAC.
+- Audio that browsers play from MP4 (aac, mp3, opus, flac) is copied without re-encoding and cut
+  at packet boundaries: a packet is kept when its midpoint lies in the span, so each end is within
+  half an audio frame (AAC: 1024 samples, 23 ms at 44.1 kHz) and the length within one frame; the
+  packet before the span goes along to warm the decoder up (it plays no sound). Other codecs are
+  decoded, cut to the sample and re-encoded to AAC (mono stays mono, more channels become stereo).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import re
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -34,18 +36,18 @@ import numpy as np
 from dmedit.errors import InputError, UsageError
 
 FIT_MODES = ("crop", "pad", "stretch")
-MP4_COPYABLE_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
+BROWSER_MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac"})  # copied as they are; others become AAC
 SAME_RATE_TOLERANCE = Fraction(1, 100)
 _START_PATTERN = re.compile(r"^(?P<number>\d+\.?\d*|\.\d+)(?P<unit>s?)$")
 
 
-def _rate_text(rate: Fraction) -> str:
-    return f"{rate.numerator}/{rate.denominator}"
+def _rate_fields(rate: Fraction) -> dict:
+    return {"fps": f"{rate.numerator}/{rate.denominator}", "fps_float": float(rate)}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def _reason(error: BaseException) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input") without the errno noise."""
+    return getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,7 @@ class VideoInfo:
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "width": self.width, "height": self.height,
-            "fps": _rate_text(self.fps), "fps_float": float(self.fps),
+            "path": str(self.path), "width": self.width, "height": self.height, **_rate_fields(self.fps),
             "frame_count": self.frame_count, "duration": self.duration, "codec": self.codec,
             "pix_fmt": self.pix_fmt, "has_audio": self.has_audio, "audio_codec": self.audio_codec,
         }
@@ -83,7 +84,7 @@ def probe(*, path: Path) -> VideoInfo:
         with av.open(str(path)) as container:
             info = _stream_info(container=container, path=path)
     except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"{path}: not a readable video file, or truncated ({_first_line(error)})") from None
+        raise InputError(f"{path}: not a readable video file, or truncated ({_reason(error)})") from None
     frame_count = _decodable_frame_count(path=path, header_frames=info.pop("header_frames"))
     return VideoInfo(path=path, frame_count=frame_count, duration=float(frame_count / info["fps"]), **info)
 
@@ -102,10 +103,11 @@ def _stream_info(*, container: av.container.InputContainer, path: Path) -> dict:
     if first is None:
         raise InputError(f"{path}: has no decodable video frames (damaged or empty video stream)")
     audio = container.streams.audio[0] if container.streams.audio else None
+    audio_codec = audio.codec_context.codec.canonical_name if audio else None
     return {
         "width": first.width, "height": first.height, "fps": Fraction(rate),
-        "codec": video.codec_context.name, "pix_fmt": first.format.name,
-        "has_audio": audio is not None, "audio_codec": audio.codec_context.name if audio else None,
+        "codec": video.codec_context.codec.canonical_name, "pix_fmt": first.format.name,
+        "has_audio": audio is not None, "audio_codec": audio_codec,
         "header_frames": video.frames,
     }
 
@@ -117,12 +119,12 @@ def _decodable_frame_count(*, path: Path, header_frames: int) -> int:
         count = len(reader)
         if count:
             reader[count - 1]
-    except (decord.DECORDError, RuntimeError, IndexError) as error:
-        raise InputError(f"{path}: cannot decode its frames, truncated or damaged ({_first_line(error)})") from None
+    except (decord.DECORDError, RuntimeError, IndexError):
+        raise InputError(f"{path}: cannot decode all of its frames; it is truncated or damaged") from None
     if count == 0:
         raise InputError(f"{path}: has no decodable video frames")
     if header_frames and count < header_frames:
-        raise InputError(f"{path}: truncated: the header lists {header_frames} frames, only {count} are present")
+        raise InputError(f"{path}: truncated: its header lists {header_frames} frames, {count} are present")
     return count
 
 
@@ -138,8 +140,7 @@ class Span:
     def to_dict(self) -> dict:
         return {
             "start_frame": self.indices[0], "frames": len(self.indices), "indices": list(self.indices),
-            "fps": _rate_text(self.fps), "fps_float": float(self.fps),
-            "start_time": self.start_time, "duration": self.duration,
+            **_rate_fields(self.fps), "start_time": self.start_time, "duration": self.duration,
         }
 
 
@@ -150,7 +151,7 @@ def _round_half_up(value: Fraction) -> int:
 def _start_frame(*, start: str | None, fps: Fraction) -> int:
     if start is None:
         return 0
-    match = _START_PATTERN.match(start.strip())
+    match = _START_PATTERN.match(str(start).strip())
     if match is None:
         raise UsageError(f"start {start!r} is neither a frame index (12) nor seconds (1.5 or 1.5s)")
     number = match["number"]
@@ -173,7 +174,10 @@ def _sampling_rate(*, fps: float, info: VideoInfo) -> Fraction:
 def select_span(
     *, info: VideoInfo, start: str | None, frames: int, stride: int | None = None, fps: float | None = None
 ) -> Span:
-    """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`."""
+    """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`.
+
+    `start` "12" is frame 12; "1.5", "2." or "1.5s" are seconds (nearest frame); None is frame 0.
+    """
     if frames < 1:
         raise UsageError(f"frames must be at least 1, got {frames}")
     if stride is not None and fps is not None:
@@ -201,11 +205,12 @@ def read_frames(*, info: VideoInfo, span: Span) -> np.ndarray:
     try:
         reader = decord.VideoReader(str(info.path), ctx=decord.cpu(0))
         batch = reader.get_batch(list(span.indices))
-    except (decord.DECORDError, RuntimeError, IndexError) as error:
-        raise InputError(f"{info.path}: cannot decode frames {span.indices[0]}..{span.indices[-1]} ({_first_line(error)})") from None
+    except (decord.DECORDError, RuntimeError, IndexError):
+        first, last = span.indices[0], span.indices[-1]
+        raise InputError(f"{info.path}: cannot decode frames {first}..{last}; the file is damaged") from None
     frames = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch, dtype=np.uint8)
     if frames.shape != (len(span.indices), info.height, info.width, 3):
-        raise InputError(f"{info.path}: decoded frames have shape {frames.shape}, expected {info.width}x{info.height} RGB")
+        raise InputError(f"{info.path}: decoded {frames.shape}, not {info.width}x{info.height} RGB frames")
     return np.ascontiguousarray(frames)
 
 
@@ -227,11 +232,7 @@ class FitMapping:
     model_box: tuple[int, int, int, int]
 
     def to_dict(self) -> dict:
-        return {
-            "mode": self.mode, "source_width": self.source_width, "source_height": self.source_height,
-            "model_width": self.model_width, "model_height": self.model_height,
-            "source_box": list(self.source_box), "model_box": list(self.model_box),
-        }
+        return {**asdict(self), "source_box": list(self.source_box), "model_box": list(self.model_box)}
 
 
 def _fit_mapping(*, mode: str, source_width: int, source_height: int, width: int, height: int) -> FitMapping:
@@ -262,58 +263,59 @@ def _resize(image: np.ndarray, *, width: int, height: int, upscale: int = cv2.IN
 
 
 def _check_frames(frames: np.ndarray, *, name: str = "frames") -> None:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        shape = getattr(frames, "shape", type(frames).__name__)
-        raise ValueError(f"{name} must be a (T,H,W,3) uint8 array, got {shape} {getattr(frames, 'dtype', '')}")
-    if 0 in frames.shape:
-        raise ValueError(f"{name} must not be empty, got shape {frames.shape}")
+    shape, dtype = getattr(frames, "shape", ()), getattr(frames, "dtype", None)
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8 or 0 in shape:
+        raise ValueError(f"{name} must be a non-empty (T,H,W,3) uint8 array, got {shape} {dtype}")
 
 
-def to_model_frames(*, frames: np.ndarray, width: int, height: int, fit: str = "crop") -> tuple[np.ndarray, FitMapping]:
+def _transfer(*, images: np.ndarray, into: np.ndarray, from_box: tuple, to_box: tuple, upscale: int):
+    """Resize each image's `from_box` (x, y, width, height) into `to_box` of `into`, in place."""
+    x, y, box_width, box_height = from_box
+    to_x, to_y, to_width, to_height = to_box
+    for index, image in enumerate(images):
+        region = np.ascontiguousarray(image[y : y + box_height, x : x + box_width])
+        resized = _resize(region, width=to_width, height=to_height, upscale=upscale)
+        into[index, to_y : to_y + to_height, to_x : to_x + to_width] = resized
+    return into
+
+
+def to_model_frames(
+    *, frames: np.ndarray, width: int, height: int, fit: str = "crop"
+) -> tuple[np.ndarray, FitMapping]:
     """(T,H,W,3) uint8 -> (T,height,width,3) uint8 and the mapping back to source pixels."""
     _check_frames(frames)
     if fit not in FIT_MODES:
         raise UsageError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
     if width < 1 or height < 1:
         raise ValueError(f"model size must be positive, got {width}x{height}")
-    mapping = _fit_mapping(mode=fit, source_width=frames.shape[2], source_height=frames.shape[1], width=width, height=height)
-    x, y, box_width, box_height = mapping.source_box
-    mx, my, fill_width, fill_height = mapping.model_box
-    model = np.zeros((frames.shape[0], height, width, 3), dtype=np.uint8)
-    for index, frame in enumerate(frames):
-        region = frame[y : y + box_height, x : x + box_width]
-        model[index, my : my + fill_height, mx : mx + fill_width] = _resize(region, width=fill_width, height=fill_height)
-    return model, mapping
+    count, source_height, source_width = frames.shape[:3]
+    mapping = _fit_mapping(
+        mode=fit, source_width=source_width, source_height=source_height, width=width, height=height
+    )
+    model = np.zeros((count, height, width, 3), dtype=np.uint8)
+    boxes = {"from_box": mapping.source_box, "to_box": mapping.model_box}
+    return _transfer(images=frames, into=model, upscale=cv2.INTER_CUBIC, **boxes), mapping
 
 
 def from_model_frames(*, frames: np.ndarray, mapping: FitMapping, source: np.ndarray) -> np.ndarray:
-    """Model-size (T,h,w,3) uint8 back to source size (T,H,W,3); pixels outside a crop come from `source`."""
+    """Model-size (T,h,w,3) uint8 -> source size (T,H,W,3); pixels outside a crop come from `source`."""
     _check_frames(frames)
     _check_frames(source, name="source")
-    if frames.shape[1:3] != (mapping.model_height, mapping.model_width):
-        raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the mapping expects {mapping.model_width}x{mapping.model_height}")
-    if source.shape[0] != frames.shape[0] or source.shape[1:3] != (mapping.source_height, mapping.source_width):
-        raise ValueError(f"source has shape {source.shape}, expected {frames.shape[0]} frames of {mapping.source_width}x{mapping.source_height}")
-    x, y, box_width, box_height = mapping.source_box
-    mx, my, fill_width, fill_height = mapping.model_box
-    restored = source.copy()
-    for index, frame in enumerate(frames):
-        region = frame[my : my + fill_height, mx : mx + fill_width]
-        restored[index, y : y + box_height, x : x + box_width] = _resize(region, width=box_width, height=box_height)
-    return restored
+    model_shape = (mapping.model_height, mapping.model_width)
+    source_shape = (frames.shape[0], mapping.source_height, mapping.source_width)
+    if frames.shape[1:3] != model_shape or source.shape[:3] != source_shape:
+        raise ValueError(f"frames {frames.shape} / source {source.shape} do not fit the mapping {mapping}")
+    boxes = {"from_box": mapping.model_box, "to_box": mapping.source_box}
+    return _transfer(images=frames, into=source.copy(), upscale=cv2.INTER_CUBIC, **boxes)
 
 
 def masks_to_model(*, masks: np.ndarray, mapping: FitMapping) -> np.ndarray:
     """(T,H,W) float masks at source size -> (T,h,w) float32 in [0,1] at model size; padding is 0."""
     if masks.ndim != 3 or masks.shape[1:] != (mapping.source_height, mapping.source_width):
-        raise ValueError(f"masks must be (T,{mapping.source_height},{mapping.source_width}), got {masks.shape}")
-    x, y, box_width, box_height = mapping.source_box
-    mx, my, fill_width, fill_height = mapping.model_box
+        raise ValueError(f"masks must be (T,{mapping.source_height},{mapping.source_width}): {masks.shape}")
     model = np.zeros((masks.shape[0], mapping.model_height, mapping.model_width), dtype=np.float32)
-    for index, mask in enumerate(masks.astype(np.float32)):
-        region = np.ascontiguousarray(mask[y : y + box_height, x : x + box_width])
-        resized = _resize(region, width=fill_width, height=fill_height, upscale=cv2.INTER_LINEAR)
-        model[index, my : my + fill_height, mx : mx + fill_width] = resized
+    boxes = {"from_box": mapping.source_box, "to_box": mapping.model_box}
+    _transfer(images=masks.astype(np.float32), into=model, upscale=cv2.INTER_LINEAR, **boxes)
     return np.clip(model, 0.0, 1.0)
 
 
@@ -346,12 +348,15 @@ def write_video(
     """Write (T,H,W,3) uint8 frames as H.264 MP4 at exactly `fps`, atomically.
 
     Audio of `audio_source` from `audio_start` for `audio_duration` seconds (default: the video's
-    length) is muxed when that file has audio. The file appears under `path` only when complete.
+    length) is muxed when that file has audio. An odd width/height gains one repeated edge
+    column/row. The file appears under `path` only when complete (a hidden partial file is renamed).
     """
     _check_frames(frames)
     fps = Fraction(fps)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    if not 0 <= crf <= 51:
+        raise UsageError(f"--crf must be between 0 and 51, got {crf}")
     path = Path(path)
     duration = float(len(frames) / fps) if audio_duration is None else audio_duration
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}.mp4")
@@ -363,9 +368,9 @@ def write_video(
             video = _add_video_stream(container=container, frames=frames, fps=fps, crf=crf)
             audio_packets = []
             if audio_source is not None:
-                audio_packets = _audio_packets(
-                    container=container, stack=stack, source=Path(audio_source), start=audio_start, end=audio_start + duration
-                )
+                span = {"start": audio_start, "end": audio_start + duration}
+                source = Path(audio_source)
+                audio_packets = _audio_packets(container=container, stack=stack, source=source, **span)
             _mux_interleaved(container=container, video=video, frames=frames, audio_packets=audio_packets)
         os.replace(partial, path)
     except BaseException:
@@ -373,7 +378,7 @@ def write_video(
         raise
 
 
-def _add_video_stream(*, container: av.container.OutputContainer, frames: np.ndarray, fps: Fraction, crf: int):
+def _add_video_stream(*, container, frames: np.ndarray, fps: Fraction, crf: int):
     stream = container.add_stream("libx264", rate=fps)
     stream.width = frames.shape[2] + frames.shape[2] % 2
     stream.height = frames.shape[1] + frames.shape[1] % 2
@@ -386,7 +391,7 @@ def _add_video_stream(*, container: av.container.OutputContainer, frames: np.nda
 def _even_frame(frame: np.ndarray) -> np.ndarray:
     """Repeat the last row/column once when the height/width is odd (yuv420p needs even sizes)."""
     pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-    return np.pad(frame, pad, mode="edge") if any(after for _, after in pad) else frame
+    return np.pad(frame, pad, mode="edge") if any(after for _, after in pad) else np.ascontiguousarray(frame)
 
 
 def _mux_interleaved(*, container, video, frames: np.ndarray, audio_packets: list) -> None:
@@ -412,21 +417,25 @@ def _audio_packets(*, container, stack: ExitStack, source: Path, start: float, e
     try:
         source_container = stack.enter_context(av.open(str(source)))
     except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"{source}: cannot read its audio ({_first_line(error)})") from None
+        raise InputError(f"{source}: cannot read its audio ({_reason(error)})") from None
     if not source_container.streams.audio:
         return []
     source_audio = source_container.streams.audio[0]
-    if source_audio.codec_context.name in MP4_COPYABLE_AUDIO:
-        output_audio = container.add_stream_from_template(source_audio)
-        return _copied_audio(source_container=source_container, source_audio=source_audio, output_audio=output_audio, start=start, end=end)
-    return _encoded_audio(container=container, source_container=source_container, source_audio=source_audio, start=start, end=end)
+    videos = source_container.streams.video
+    if videos and videos[0].start_time is not None:  # span times count from the first video frame
+        origin = float(videos[0].start_time * videos[0].time_base)
+        start, end = start + origin, end + origin
+    source = {"source_container": source_container, "source_audio": source_audio, "start": start, "end": end}
+    if source_audio.codec_context.codec.canonical_name in BROWSER_MP4_AUDIO:
+        return _copied_audio(output_audio=container.add_stream_from_template(source_audio), **source)
+    return _encoded_audio(container=container, **source)
 
 
 def _copied_audio(*, source_container, source_audio, output_audio, start: float, end: float) -> list:
     time_base = source_audio.time_base
-    if start > 0:
-        source_container.seek(int(start / time_base), stream=source_audio, backward=True)
-    packets, offset = [], None
+    if start > 1:  # a second early, so the packet before the span is there to warm the decoder up
+        source_container.seek(int((start - 1) / time_base), stream=source_audio, backward=True)
+    packets, offset, previous = [], None, None
     for packet in source_container.demux(source_audio):
         if packet.pts is None or not packet.size:
             continue
@@ -434,27 +443,36 @@ def _copied_audio(*, source_container, source_audio, output_audio, start: float,
         if middle >= end:
             break
         if middle < start:
+            previous = packet
             continue
-        offset = packet.pts if offset is None else offset
-        packet.pts, packet.dts = packet.pts - offset, packet.pts - offset
-        packet.stream = output_audio
-        packets.append(packet)
+        if offset is None:
+            offset = packet.pts
+            if previous is not None:  # decoder warm-up: its samples come before 0 and are skipped
+                packets.append(_retimed(packet=previous, offset=offset, stream=output_audio))
+        packets.append(_retimed(packet=packet, offset=offset, stream=output_audio))
     return packets
 
 
+def _retimed(*, packet: av.Packet, offset: int, stream) -> av.Packet:
+    packet.pts, packet.dts = packet.pts - offset, packet.pts - offset
+    packet.stream = stream
+    return packet
+
+
 def _encoded_audio(*, container, source_container, source_audio, start: float, end: float) -> list:
-    """Decode, cut to the sample, and encode to AAC (planar float, source rate and layout)."""
+    """Decode, cut to the sample, and encode to AAC at the source rate (mono stays mono, else stereo)."""
     rate = source_audio.codec_context.sample_rate
-    layout = source_audio.codec_context.layout.name
+    layout = "mono" if source_audio.codec_context.layout.nb_channels == 1 else "stereo"
     output_audio = container.add_stream("aac", rate=rate, layout=layout)
     to_planar = av.AudioResampler(format="fltp", layout=layout, rate=rate)
     first_sample, end_sample = round(start * rate), round(end * rate)
     packets, written = [], 0
     for decoded in source_container.decode(source_audio):
+        if decoded.pts is not None and float(decoded.pts * decoded.time_base) * rate >= end_sample:
+            break
         for planar in to_planar.resample(decoded):
-            begin = round(float(planar.pts * planar.time_base) * rate) if planar.pts is not None else first_sample + written
-            samples = planar.to_ndarray()
-            keep = samples[:, max(0, first_sample - begin) : max(0, end_sample - begin)]
+            begin = round(float(planar.pts * planar.time_base) * rate)
+            keep = planar.to_ndarray()[:, max(0, first_sample - begin) : max(0, end_sample - begin)]
             if keep.shape[1] == 0:
                 continue
             piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(keep), format="fltp", layout=layout)
@@ -469,8 +487,9 @@ def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) 
     """UsageError unless `output` can be written: not an input, folder exists and is writable."""
     output = Path(output)
     target = output.resolve()
-    for source in inputs:
-        if Path(source).resolve() == target:
+    for source in map(Path, inputs):
+        same_file = source.exists() and target.exists() and os.path.samefile(source, target)
+        if same_file or source.resolve() == target:
             raise UsageError(f"{output}: the output is the input file {source}; choose another output name")
     folder = target.parent
     if not folder.is_dir():

@@ -27,6 +27,8 @@ from transformers import (
     GroundingDinoProcessor,
     SwinConfig,
 )
+from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoObjectDetectionOutput
+from transformers.tokenization_utils_base import BatchEncoding
 
 from dmedit.errors import ModelError, UsageError
 
@@ -143,7 +145,7 @@ class GroundingDinoDetector:
             )
             image_processor = GroundingDinoImageProcessorPil.from_pretrained(path, local_files_only=True)
             tokenizer = BertTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        except Exception as error:  # transformers, tokenizers and safetensors each raise their own types
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(f"{path}: cannot load the Grounding-DINO detector: {reason}") from error
         processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -197,7 +199,7 @@ class GroundingDinoDetector:
         for start in range(0, len(frames), max(1, batch_size)):
             batch = frames[start : start + max(1, batch_size)]
             outputs, input_ids = self._forward(batch=batch, encoding=encoding)
-            probabilities = torch.sigmoid(outputs.logits.float())
+            probabilities = torch.sigmoid(outputs.logits.float()).cpu()
             best_score = max(best_score, float(probabilities.max()))
             height, width = batch.shape[1:3]
             results = self.processor.post_process_grounded_object_detection(
@@ -222,7 +224,10 @@ class GroundingDinoDetector:
                 )
         return DetectionRun(detections=detections, best_score=best_score)
 
-    def _forward(self, *, batch: np.ndarray, encoding) -> tuple[object, torch.Tensor]:
+    def _forward(
+        self, *, batch: np.ndarray, encoding: BatchEncoding
+    ) -> tuple[GroundingDinoObjectDetectionOutput, torch.Tensor]:
+        """One batch (B,H,W,3) through the image processor and the model; returns outputs and input ids."""
         pixels = self.processor.image_processor(images=list(batch), return_tensors="pt")
         text = {name: value.repeat(len(batch), 1) for name, value in encoding.items()}
         inputs = {name: value.to(self.device) for name, value in {**pixels, **text}.items()}

@@ -10,11 +10,7 @@ Rules a user sees:
 - Output is MP4 (H.264, yuv420p, +faststart) whatever the suffix. yuv420p needs even sizes, so an
   odd width or height gains one column/row on the right/bottom that repeats the edge pixels; the
   written file then probes one pixel wider/taller.
-- Audio that browsers play from MP4 (aac, mp3, opus, flac) is copied without re-encoding and cut
-  at packet boundaries: a packet is kept when its midpoint lies in the span, so each end is within
-  half an audio frame (AAC: 1024 samples, 23 ms at 44.1 kHz) and the length within one frame; the
-  packet before the span goes along to warm the decoder up (it plays no sound). Other codecs are
-  decoded, cut to the sample and re-encoded to AAC (mono stays mono, more channels become stereo).
+- The source's audio for the span goes along (see audio.py for copy vs AAC and precision).
 """
 
 from __future__ import annotations
@@ -33,10 +29,10 @@ import cv2
 import decord
 import numpy as np
 
+from dmedit.audio import audio_packets, mux_interleaved
 from dmedit.errors import InputError, UsageError
 
 FIT_MODES = ("crop", "pad", "stretch")
-BROWSER_MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac"})  # copied as they are; others become AAC
 SAME_RATE_TOLERANCE = Fraction(1, 100)
 _START_PATTERN = re.compile(r"^(?P<number>\d+\.?\d*|\.\d+)(?P<unit>s?)$")
 
@@ -370,8 +366,9 @@ def write_video(
             if audio_source is not None:
                 span = {"start": audio_start, "end": audio_start + duration}
                 source = Path(audio_source)
-                audio_packets = _audio_packets(container=container, stack=stack, source=source, **span)
-            _mux_interleaved(container=container, video=video, frames=frames, audio_packets=audio_packets)
+                audio_packets = _audio_packets_or_error(container=container, stack=stack, source=source, **span)
+            mux_interleaved(container=container, video=video, frames=(_even_frame(f) for f in frames),
+                            audio_packets=audio_packets)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -388,99 +385,18 @@ def _add_video_stream(*, container, frames: np.ndarray, fps: Fraction, crf: int)
     return stream
 
 
-def _even_frame(frame: np.ndarray) -> np.ndarray:
-    """Repeat the last row/column once when the height/width is odd (yuv420p needs even sizes)."""
-    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-    return np.pad(frame, pad, mode="edge") if any(after for _, after in pad) else np.ascontiguousarray(frame)
-
-
-def _mux_interleaved(*, container, video, frames: np.ndarray, audio_packets: list) -> None:
-    pending = list(reversed(audio_packets))
-    for index, frame in enumerate(frames):
-        picture = av.VideoFrame.from_ndarray(_even_frame(frame), format="rgb24")
-        picture.pts = index
-        for packet in video.encode(picture):
-            while pending and _packet_seconds(pending[-1]) <= _packet_seconds(packet):
-                container.mux(pending.pop())
-            container.mux(packet)
-    container.mux(video.encode())
-    container.mux(list(reversed(pending)))
-
-
-def _packet_seconds(packet: av.Packet) -> float:
-    stamp = packet.dts if packet.dts is not None else packet.pts
-    return float(stamp * packet.time_base) if stamp is not None else 0.0
-
-
-def _audio_packets(*, container, stack: ExitStack, source: Path, start: float, end: float) -> list:
-    """Add an audio stream for `source`'s first audio track; return its packets for [start, end)."""
+def _audio_packets_or_error(*, container, stack: ExitStack, source: Path, start: float, end: float) -> list:
     try:
         source_container = stack.enter_context(av.open(str(source)))
     except (av.error.FFmpegError, OSError) as error:
         raise InputError(f"{source}: cannot read its audio ({_reason(error)})") from None
-    if not source_container.streams.audio:
-        return []
-    source_audio = source_container.streams.audio[0]
-    videos = source_container.streams.video
-    if videos and videos[0].start_time is not None:  # span times count from the first video frame
-        origin = float(videos[0].start_time * videos[0].time_base)
-        start, end = start + origin, end + origin
-    source = {"source_container": source_container, "source_audio": source_audio, "start": start, "end": end}
-    if source_audio.codec_context.codec.canonical_name in BROWSER_MP4_AUDIO:
-        return _copied_audio(output_audio=container.add_stream_from_template(source_audio), **source)
-    return _encoded_audio(container=container, **source)
+    return audio_packets(container=container, source_container=source_container, start=start, end=end)
 
 
-def _copied_audio(*, source_container, source_audio, output_audio, start: float, end: float) -> list:
-    time_base = source_audio.time_base
-    if start > 1:  # a second early, so the packet before the span is there to warm the decoder up
-        source_container.seek(int((start - 1) / time_base), stream=source_audio, backward=True)
-    packets, offset, previous = [], None, None
-    for packet in source_container.demux(source_audio):
-        if packet.pts is None or not packet.size:
-            continue
-        middle = float((packet.pts + (packet.duration or 0) / 2) * time_base)
-        if middle >= end:
-            break
-        if middle < start:
-            previous = packet
-            continue
-        if offset is None:
-            offset = packet.pts
-            if previous is not None:  # decoder warm-up: its samples come before 0 and are skipped
-                packets.append(_retimed(packet=previous, offset=offset, stream=output_audio))
-        packets.append(_retimed(packet=packet, offset=offset, stream=output_audio))
-    return packets
-
-
-def _retimed(*, packet: av.Packet, offset: int, stream) -> av.Packet:
-    packet.pts, packet.dts = packet.pts - offset, packet.pts - offset
-    packet.stream = stream
-    return packet
-
-
-def _encoded_audio(*, container, source_container, source_audio, start: float, end: float) -> list:
-    """Decode, cut to the sample, and encode to AAC at the source rate (mono stays mono, else stereo)."""
-    rate = source_audio.codec_context.sample_rate
-    layout = "mono" if source_audio.codec_context.layout.nb_channels == 1 else "stereo"
-    output_audio = container.add_stream("aac", rate=rate, layout=layout)
-    to_planar = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-    first_sample, end_sample = round(start * rate), round(end * rate)
-    packets, written = [], 0
-    for decoded in source_container.decode(source_audio):
-        if decoded.pts is not None and float(decoded.pts * decoded.time_base) * rate >= end_sample:
-            break
-        for planar in to_planar.resample(decoded):
-            begin = round(float(planar.pts * planar.time_base) * rate)
-            keep = planar.to_ndarray()[:, max(0, first_sample - begin) : max(0, end_sample - begin)]
-            if keep.shape[1] == 0:
-                continue
-            piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(keep), format="fltp", layout=layout)
-            piece.sample_rate, piece.pts, piece.time_base = rate, written, Fraction(1, rate)
-            written += keep.shape[1]
-            packets.extend(output_audio.encode(piece))
-    packets.extend(output_audio.encode(None))
-    return packets
+def _even_frame(frame: np.ndarray) -> np.ndarray:
+    """Repeat the last row/column once when the height/width is odd (yuv420p needs even sizes)."""
+    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+    return np.pad(frame, pad, mode="edge") if any(after for _, after in pad) else np.ascontiguousarray(frame)
 
 
 def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) -> None:

@@ -1,0 +1,219 @@
+"""Benchmark configurations turned into live edit sessions.
+
+Two models: the `tiny` registry model, built offline and loaded through the real loading path
+(dmedit.backends.text_to_video), and a U-Net with ZeroScope's exact architecture and random
+weights behind `RandomLatentBackend`, which replaces the VAE and text encoder by seeded random
+source latents and text embeddings of the right shapes (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from dmedit import editor
+from dmedit.backends.text_to_video import TextToVideoBackend, load_text_to_video
+from dmedit.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
+from dmedit.config import EditConfig
+from dmedit.registry import load_registry
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# diffusers' default UNet3DConditionModel config with these three changes is ZeroScope v2's U-Net
+# (cerspense/zeroscope_v2_576w unet/config.json): 1.41 B parameters.
+ZEROSCOPE_UNET_CHANGES = dict(cross_attention_dim=1024, attention_head_dim=64, sample_size=32)
+ZEROSCOPE_TEXT_SHAPE = (77, 1024)
+LATENT_CHANNELS = 4
+SRC_PROMPT, TGT_PROMPT = "a grey car on a road", "a red car on a road"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One measured configuration. `series` groups configurations for the time-vs-frames fit.
+
+    model: "tiny" or "zeroscope-arch"; width/height: frame size in pixels (latents are 1/8);
+    repeats: timed (step, bare) pairs after `warmup` untimed pairs; wall_steps > 0 also times that
+    many consecutive steps from a fresh state. checkpoint_blocks / truncate_grad_pass select the
+    engine's speed levers (dmedit.speed); key_layers None means the registry's.
+    """
+
+    name: str
+    series: str
+    model: str
+    width: int
+    height: int
+    frames: int
+    dtype: str = "fp32"
+    repeats: int = 5
+    warmup: int = 1
+    wall_steps: int = 0
+    checkpoint_blocks: bool = False
+    truncate_grad_pass: bool = False
+    key_layers: tuple[str, ...] | None = None
+
+
+@dataclass
+class RandomLatentBackend:
+    """VideoBackend without VAE or text encoder: seeded random latents (1,C,F,H/8,W/8) and text
+    embeddings (P,L,D); noise prediction and forward diffusion are TextToVideoBackend's own code."""
+
+    unet: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    alphas_cumprod: torch.Tensor
+    text_shape: tuple[int, int]
+    seed: int = 0
+
+    predict_noise = TextToVideoBackend.predict_noise
+    add_noise = TextToVideoBackend.add_noise
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    def encode_video(self, *, frames: torch.Tensor) -> torch.Tensor:
+        """(F,3,H,W) -> random (1,C,F,H/8,W/8) in `dtype` on `device`."""
+        count, _, height, width = frames.shape
+        generator = torch.Generator().manual_seed(self.seed)
+        latents = torch.randn(1, LATENT_CHANNELS, count, height // 8, width // 8, generator=generator)
+        return latents.to(self.device, self.dtype)
+
+    def encode_prompts(self, *, prompts: Sequence[str]) -> torch.Tensor:
+        """P prompts -> random (P,L,D), one fixed draw per position in the list."""
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        embeddings = torch.randn(len(prompts), *self.text_shape, generator=generator)
+        return embeddings.to(self.device, self.dtype)
+
+    def decode_latents(self, *, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the benchmark backend has no VAE")
+
+
+def zeroscope_unet(*, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A UNet3DConditionModel with ZeroScope's architecture, seeded random weights, frozen, eval."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CHANGES)
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+def _alphas_cumprod(device: torch.device) -> torch.Tensor:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.to(device=device, dtype=torch.float32)
+
+
+class BackendCache:
+    """Builds each (model, dtype) backend once per run; the tiny model folder lives in a temp dir."""
+
+    def __init__(self, *, device: torch.device, stack: contextlib.ExitStack) -> None:
+        self.device = device
+        self._stack = stack
+        self._backends: dict[tuple[str, str], object] = {}
+        self._tiny_folder: Path | None = None
+
+    def get(self, *, model: str, dtype: str):
+        key = (model, dtype)
+        if key not in self._backends:
+            self._backends.clear()
+            self._backends[key] = self._build(model=model, dtype=dtype)
+        return self._backends[key]
+
+    def _build(self, *, model: str, dtype: str):
+        if model == "tiny":
+            if self._tiny_folder is None:
+                self._tiny_folder = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "tiny"
+                build_tiny_video_model(path=self._tiny_folder)
+            return load_text_to_video(folder=self._tiny_folder, device=self.device, dtype=DTYPES[dtype],
+                                      vae_dtype=torch.float32)
+        if model == "zeroscope-arch":
+            return RandomLatentBackend(unet=zeroscope_unet(device=self.device, dtype=DTYPES[dtype]),
+                                       device=self.device, dtype=DTYPES[dtype],
+                                       alphas_cumprod=_alphas_cumprod(self.device),
+                                       text_shape=ZEROSCOPE_TEXT_SHAPE)
+        raise ValueError(f"unknown benchmark model {model!r}")
+
+
+def registry_name(model: str) -> str:
+    return "tiny" if model == "tiny" else "zeroscope"
+
+
+@dataclass
+class LiveConfig:
+    """A prepared session plus the bare-compute inputs: the same latents, embeddings, timesteps."""
+
+    config: BenchConfig
+    session: editor.EditSession
+    bare: Callable[[], None]
+    bare_no_grad_frames: int
+    bare_grad_frames: int
+    extras: dict = field(default_factory=dict)
+
+    def fresh_state(self) -> editor.EditState:
+        return editor.new_state(session=self.session)
+
+
+def _half_mask(*, frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(1,1,F,h,w): the left half of the latent grid is editable."""
+    mask = torch.zeros(1, 1, frames, height // 8, width // 8, device=device)
+    mask[..., : width // 16] = 1.0
+    return mask
+
+
+def _levers(config: BenchConfig) -> dict[str, bool]:
+    """The engine's speed options, passed only when on (so older engines run the default configs)."""
+    levers = dict(checkpoint_blocks=config.checkpoint_blocks, truncate_grad_pass=config.truncate_grad_pass)
+    return {name: True for name, on in levers.items() if on}
+
+
+def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
+    """Prepare the real edit session for `config` (registry hyperparameters, half mask)."""
+    backend = backends.get(model=config.model, dtype=config.dtype)
+    entry = load_registry().model(registry_name(config.model))
+    edit_config = EditConfig().merged(dict(entry.defaults))
+    frames = torch.zeros(config.frames, 3, config.height, config.width)
+    session = editor.prepare(
+        backend=backend, frames=frames,
+        masks=_half_mask(frames=config.frames, height=config.height, width=config.width, device=backend.device),
+        src_prompt=SRC_PROMPT, tgt_prompt=TGT_PROMPT, config=edit_config,
+        key_layers=config.key_layers or entry.key_layers, **_levers(config),
+    )
+    bare, no_grad_frames, grad_frames = bare_compute(session=session)
+    return LiveConfig(config=config, session=session, bare=bare, bare_no_grad_frames=no_grad_frames,
+                      bare_grad_frames=grad_frames)
+
+
+def bare_compute(*, session: editor.EditSession) -> tuple[Callable[[], None], int, int]:
+    """The step's U-Net work alone: one no-grad call over the three no-grad branches (3N frames)
+    and one grad call on the SSM branch (N frames) with a full backward to its input latents,
+    on the session's latents, embeddings and a fixed timestep. Returns (fn, 3N, N)."""
+    backend, plan = session.backend, session.plan
+    config = session.config
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = torch.randn(session.source_latents.shape, generator=generator).to(backend.device)
+    t = (config.t_min + config.t_max) // 2
+    noised = backend.add_noise(latents=session.source_latents, noise=noise,
+                               timesteps=torch.full((1,), t, device=backend.device)).to(backend.dtype)
+    no_grad_branches = tuple(name for name in editor.BRANCHES if name != plan.grad)
+    no_grad_latents = torch.cat([noised] * len(no_grad_branches))
+    no_grad_embeddings = backend.encode_prompts(
+        prompts=["", SRC_PROMPT, TGT_PROMPT])[[editor.BRANCHES[name][1] for name in no_grad_branches]]
+    grad_embeddings = session.branch_embeddings[(plan.grad,)]
+    cotangent = torch.randn(noised.shape, generator=generator).to(backend.device, backend.dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            backend.predict_noise(latents=no_grad_latents, timesteps=torch.full((len(no_grad_branches),), t,
+                                  device=backend.device), text_embeddings=no_grad_embeddings)
+        latents = noised.detach().requires_grad_(True)
+        eps = backend.predict_noise(latents=latents, timesteps=torch.full((1,), t, device=backend.device),
+                                    text_embeddings=grad_embeddings)
+        torch.autograd.grad(eps, latents, grad_outputs=cotangent)
+
+    frames = session.frame_count
+    return run, len(no_grad_branches) * frames, frames

@@ -41,12 +41,11 @@ def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(hermetic_environment: Path) -> Path:
-    from dmedit.backends.tiny import build_tiny_video_model
+    """The registry's `tiny` entry, built (once per session) where the CLI will find it too."""
+    from dmedit.hub import resolve_weights
+    from dmedit.registry import load_registry
 
-    folder = Path(os.environ["DMEDIT_CACHE"]) / "tiny"
-    if not (folder / "model_index.json").exists():
-        build_tiny_video_model(path=folder)
-    return folder
+    return resolve_weights(entry=load_registry().model("tiny"))
 
 
 @pytest.fixture(scope="session")

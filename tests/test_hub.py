@@ -237,7 +237,7 @@ def test_path_entry_needs_its_marker_file(tmp_path: Path) -> None:
 
 def test_builder_entry_is_built_once_into_the_cache(tmp_path: Path, fake_builder: types.SimpleNamespace) -> None:
     entry = video_entry(name="tiny", builder="tiny-t2v")
-    target = tmp_path / "dmedit-cache" / "tiny"
+    target = tmp_path / "dmedit-cache" / f"tiny.build{hub.BUILD_REVISION}"
     assert not hub.weights_present(entry=entry)
 
     assert hub.resolve_weights(entry=entry) == target
@@ -246,7 +246,7 @@ def test_builder_entry_is_built_once_into_the_cache(tmp_path: Path, fake_builder
     assert len(fake_builder.calls) == 1
     assert (target / "model_index.json").read_text(encoding="utf-8") == '{"built": "here"}'
     assert hub.weights_present(entry=entry)
-    assert sorted(os.listdir(target.parent)) == ["tiny"]
+    assert sorted(os.listdir(target.parent)) == [target.name]
 
     detector = DetectorEntry(name="tiny-detector", family="grounding_dino", builder="tiny-grounding-dino")
     assert (hub.resolve_weights(entry=detector) / "config.json").is_file()
@@ -271,7 +271,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path, fake_builder: types.
 
 
 def test_concurrent_build_that_finishes_first_wins(tmp_path: Path, fake_builder: types.SimpleNamespace) -> None:
-    target = tmp_path / "dmedit-cache" / "tiny"
+    target = tmp_path / "dmedit-cache" / f"tiny.build{hub.BUILD_REVISION}"
 
     def slow_twin(*, path: Path) -> None:
         target.mkdir(parents=True)
@@ -283,7 +283,7 @@ def test_concurrent_build_that_finishes_first_wins(tmp_path: Path, fake_builder:
     folder = hub.resolve_weights(entry=video_entry(name="tiny", builder="tiny-t2v"))
     assert folder == target
     assert (target / "model_index.json").read_text(encoding="utf-8") == '{"built": "by the other process"}'
-    assert sorted(os.listdir(target.parent)) == ["tiny"]
+    assert sorted(os.listdir(target.parent)) == [target.name]
 
 
 def test_unknown_builder_is_a_usage_error() -> None:

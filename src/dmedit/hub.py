@@ -33,6 +33,9 @@ BUILDERS: dict[str, str] = {
     "tiny-grounding-dino": "dmedit.backends.grounding_dino:build_tiny_detector",
 }
 """Builder name -> "module:function"; each function is called as fn(path=Path) and writes the folder."""
+BUILD_REVISION = 1
+"""Part of a built model's cache folder name: raise it when a builder's output changes, so a cache
+built by an older dmedit is never mistaken for the current model."""
 CONFIG_AND_TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")
 _SAFETENSORS_NAME = re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.safetensors")
 _TRUE_VALUES = ("1", "on", "yes", "true")
@@ -223,7 +226,9 @@ def _cached_selection(*, entry: Entry) -> list[str] | None:
 
 
 def _builder_target(*, entry: Entry) -> Path:
-    return Path(entry.path).expanduser() if entry.path is not None else cache_dir() / entry.name
+    if entry.path is not None:
+        return Path(entry.path).expanduser()
+    return cache_dir() / f"{entry.name}.build{BUILD_REVISION}"
 
 
 def _builder_function(*, name: str) -> Callable[..., None]:

@@ -127,3 +127,15 @@ def test_dtype_resolution_follows_the_entry_per_device() -> None:
         resolve_dtype(name="fp16", device=torch.device("cpu"), entry=entry)
     with pytest.raises(UsageError):
         resolve_dtype(name="int8", device=torch.device("cpu"), entry=entry)
+
+
+def test_offload_and_vae_chunks_change_nothing_but_where_modules_wait(tiny_model_dir: Path) -> None:
+    plain = load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                               vae_dtype=torch.float32)
+    lean = load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                              vae_dtype=torch.float32, vae_chunk=1, offload=True)
+    frames = torch.rand(3, 3, 64, 64) * 2 - 1
+    latents = plain.encode_video(frames=frames)
+    assert torch.allclose(lean.encode_video(frames=frames), latents, atol=1e-5)
+    assert torch.allclose(lean.decode_latents(latents=latents), plain.decode_latents(latents=latents), atol=1e-5)
+    assert torch.equal(lean.encode_prompts(prompts=["a dog"]), plain.encode_prompts(prompts=["a dog"]))

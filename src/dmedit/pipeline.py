@@ -140,10 +140,11 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
         source = videos.read_frames(info=info, span=span)
         model_frames, mapping = videos.to_model_frames(frames=source, width=entry.width, height=entry.height, fit=request.fit)
     device = _resolve_device(request.device)
+    dtype = _resolve_dtype(name=request.dtype, device=device, entry=entry)
     with reporter.stage("masks"):
         masks, detections = _source_masks(request=request, registry=registry, entry=entry, frames=source, device=device)
     result = _optimise(request=request, entry=entry, config=config, frames=model_frames, masks=masks,
-                       mapping=mapping, device=device, output=output, reporter=reporter)
+                       mapping=mapping, device=device, dtype=dtype, output=output, reporter=reporter)
     with reporter.stage("write"):
         edited = _to_output_frames(request=request, result_frames=result.frames, source=source, masks=masks, mapping=mapping)
         _write_outputs(request=request, output=output, info=info, span=span, source=source, edited=edited,
@@ -152,6 +153,9 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
 
     report = _report(request=request, info=info, span=span, entry=entry, config=config, mapping=mapping,
                      result=result, reporter=reporter, wall=time.perf_counter() - started)
+    report["resolved"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                          "frames": len(span.indices), "model": entry.name,
+                          "mask": "detected" if detections is not None else (request.mask or "full")}
     write_json(path=companion(output=output, suffix=".json"), data=report)
     if request.plot:
         from dmedit.report import plot_losses
@@ -166,6 +170,12 @@ def _resolve_device(name: str):
     from dmedit.backends import resolve_device
 
     return resolve_device(name=name)
+
+
+def _resolve_dtype(*, name: str, device, entry: ModelEntry):
+    from dmedit.backends import resolve_dtype
+
+    return resolve_dtype(name=name, device=device, entry=entry)
 
 
 def _source_masks(*, request: RunRequest, registry, entry: ModelEntry, frames: np.ndarray, device):
@@ -221,15 +231,14 @@ def _stop_on_first_interrupt() -> Iterator[list[bool]]:
 
 
 def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, frames: np.ndarray, masks: np.ndarray,
-              mapping, device, output: Path, reporter: Reporter):
+              mapping, device, dtype, output: Path, reporter: Reporter):
     import torch
 
-    from dmedit.backends import load_backend, resolve_dtype
+    from dmedit.backends import load_backend
     from dmedit.editor import edit
     from dmedit.masks import masks_to_latent_grid
     from dmedit.video import masks_to_model
 
-    dtype = resolve_dtype(name=request.dtype, device=device, entry=entry)
     with reporter.stage("load model"):
         backend = load_backend(entry=entry, device=device, dtype=dtype, vae_chunk=request.vae_chunk, offload=request.offload)
     model_masks = (masks_to_model(masks=masks, mapping=mapping) > 0).astype(np.float32)

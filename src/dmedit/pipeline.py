@@ -135,6 +135,7 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
     entry = registry.model(request.model or DEFAULT_MODEL)
     config = EditConfig().merged(dict(entry.defaults)).merged(request.edit_overrides)
     span = _select(info=info, entry=entry, span=SpanRequest(request.start, request.frames, request.stride, request.fps))
+    _require_weights(entry=entry)
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
     with reporter.stage("read"):
         source = videos.read_frames(info=info, span=span)
@@ -164,6 +165,13 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
     shutil.rmtree(companion(output=output, suffix=".run"), ignore_errors=True)
     reporter.line(f"wrote {output}")
     return output
+
+
+def _require_weights(*, entry: ModelEntry) -> None:
+    """Fail before any detection or decoding when the video model's weights are not here."""
+    from dmedit.hub import resolve_weights
+
+    resolve_weights(entry=entry)
 
 
 def _resolve_device(name: str):

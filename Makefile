@@ -17,7 +17,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 bench:
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,9 +36,11 @@ class BenchConfig:
     """One measured configuration. `series` groups configurations for the time-vs-frames fit.
 
     model: "tiny" or "zeroscope-arch"; width/height: frame size in pixels (latents are 1/8);
-    repeats: timed (step, bare) pairs after `warmup` untimed pairs; wall_steps > 0 also times that
-    many consecutive steps from a fresh state. checkpoint_blocks / truncate_grad_pass select the
-    engine's speed levers (dmedit.speed); key_layers None means the registry's.
+    repeats: timed (step, bare) pairs after the untimed memory and FLOP calls and `warmup` more
+    untimed pairs; wall_steps > 0 also times that many consecutive steps from a fresh state.
+    checkpointing ("block" / "layer") and truncate_grad_pass select the engine's speed levers
+    (dmedit.speed); key_layers None means the registry's; autocast ("bf16" / "fp16") runs step and
+    bare compute inside torch.autocast (with fp32 weights: dtype "fp32").
     """
 
     name: str
@@ -49,11 +51,12 @@ class BenchConfig:
     frames: int
     dtype: str = "fp32"
     repeats: int = 5
-    warmup: int = 1
+    warmup: int = 0
     wall_steps: int = 0
-    checkpoint_blocks: bool = False
+    checkpointing: str | None = None
     truncate_grad_pass: bool = False
     key_layers: tuple[str, ...] | None = None
+    autocast: str | None = None
 
 
 @dataclass
@@ -109,7 +112,8 @@ def _alphas_cumprod(device: torch.device) -> torch.Tensor:
 
 
 class BackendCache:
-    """Builds each (model, dtype) backend once per run; the tiny model folder lives in a temp dir."""
+    """Holds one backend at a time, rebuilt when the (model, dtype) changes (the configuration
+    lists keep equal ones together); the tiny model folder lives in a temporary directory."""
 
     def __init__(self, *, device: torch.device, stack: contextlib.ExitStack) -> None:
         self.device = device
@@ -149,13 +153,26 @@ class LiveConfig:
 
     config: BenchConfig
     session: editor.EditSession
-    bare: Callable[[], None]
+    bare_compute: Callable[[], None]
     bare_no_grad_frames: int
     bare_grad_frames: int
-    extras: dict = field(default_factory=dict)
 
     def fresh_state(self) -> editor.EditState:
         return editor.new_state(session=self.session)
+
+    def step(self, state: editor.EditState) -> dict[str, float]:
+        """The engine's real step function, under the configuration's autocast if any."""
+        with self.precision():
+            return editor.run_step(session=self.session, state=state)
+
+    def bare(self) -> None:
+        with self.precision():
+            self.bare_compute()
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        if self.config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.session.backend.device.type, dtype=DTYPES[self.config.autocast])
 
 
 def _half_mask(*, frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -165,10 +182,10 @@ def _half_mask(*, frames: int, height: int, width: int, device: torch.device) ->
     return mask
 
 
-def _levers(config: BenchConfig) -> dict[str, bool]:
+def _levers(config: BenchConfig) -> dict[str, object]:
     """The engine's speed options, passed only when on (so older engines run the default configs)."""
-    levers = dict(checkpoint_blocks=config.checkpoint_blocks, truncate_grad_pass=config.truncate_grad_pass)
-    return {name: True for name, on in levers.items() if on}
+    levers = dict(checkpointing=config.checkpointing, truncate_grad_pass=config.truncate_grad_pass)
+    return {name: value for name, value in levers.items() if value}
 
 
 def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
@@ -184,7 +201,7 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
         key_layers=config.key_layers or entry.key_layers, **_levers(config),
     )
     bare, no_grad_frames, grad_frames = bare_compute(session=session)
-    return LiveConfig(config=config, session=session, bare=bare, bare_no_grad_frames=no_grad_frames,
+    return LiveConfig(config=config, session=session, bare_compute=bare, bare_no_grad_frames=no_grad_frames,
                       bare_grad_frames=grad_frames)
 
 
@@ -213,7 +230,7 @@ def bare_compute(*, session: editor.EditSession) -> tuple[Callable[[], None], in
         latents = noised.detach().requires_grad_(True)
         eps = backend.predict_noise(latents=latents, timesteps=torch.full((1,), t, device=backend.device),
                                     text_embeddings=grad_embeddings)
-        torch.autograd.grad(eps, latents, grad_outputs=cotangent)
+        torch.autograd.backward(eps, grad_tensors=cotangent, inputs=[latents])
 
     frames = session.frame_count
     return run, len(no_grad_branches) * frames, frames

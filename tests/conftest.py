@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads libgomp: its default busy-wait crawls on 2 shared cores (see dmedit.cli.main).
+# Before torch loads libgomp (and inherited by the CLI processes the tests start): its default
+# busy-wait made tiny steps 60x slower (0.07 s -> 17 s) when other processes oversubscribed the
+# 2 cores; passive waiting costs 2.3x on an idle machine and keeps the suite's time predictable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fractions import Fraction  # noqa: E402

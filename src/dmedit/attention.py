@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -75,15 +75,18 @@ def select_key_layers(*, unet: torch.nn.Module, patterns: Sequence[str]) -> dict
 
 @contextlib.contextmanager
 def capture_keys(
-    *, unet: torch.nn.Module, patterns: Sequence[str], rows: slice | None = None
+    *, unet: torch.nn.Module, patterns: Sequence[str], rows: slice | None = None,
+    layers: Mapping[str, Attention] | None = None,
 ) -> Iterator[KeyStore]:
     """Record `to_k` outputs of the matching spatial self-attention layers while the block runs.
 
     rows: keep only these rows (dim 0, i.e. branch*frame) of each output, copied so the rest of
     the batch is freed; None keeps everything. Outputs keep their autograd graph. Every hook is
-    removed on exit, also after an exception.
+    removed on exit, also after an exception. layers: the result of
+    `select_key_layers(unet=unet, patterns=patterns)` when the caller already has it (saves the
+    walk over the U-Net's modules on every call); None or empty selects them here.
     """
-    modules = select_key_layers(unet=unet, patterns=patterns)
+    modules = dict(layers) if layers else select_key_layers(unet=unet, patterns=patterns)
     store = KeyStore(layer_names=tuple(modules))
     handles = []
 

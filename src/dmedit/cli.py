@@ -279,7 +279,4 @@ def models_pull(
 
 
 def main() -> None:
-    # libgomp's default busy-wait makes torch's CPU threads crawl (measured 60x slower on 2 cores)
-    # as soon as any other process wants a core; it reads this once, when torch is first imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()

@@ -11,7 +11,9 @@ U-Net); the SSM losses are back-propagated through add_noise and the U-Net with 
 
 U-Net calls per step: one no-grad call batching three branches and one grad-enabled call on the
 branch whose keys feed the SSM losses (its ε, detached, also serves V-DDS); with both SSM terms
-off, a single no-grad call batches all four branches.
+off, a single no-grad call batches all four branches. Speed levers (dmedit.speed, chosen in
+`prepare`): activation checkpointing per U-Net block or layer in the grad call, and a truncated
+grad call that stops after the last key layer (its ε then comes from a four-branch no-grad call).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from diffusers.models.attention_processor import Attention
 
 from dmedit.attention import KeyStore, capture_keys, select_key_layers
 from dmedit.backends.base import VideoBackend
 from dmedit.config import EditConfig
 from dmedit.errors import InterruptedRun, ModelError, OutOfMemoryError, UsageError
 from dmedit.losses import dds_grad, spatial_ssm_loss, temporal_ssm_loss
+from dmedit.speed import GRANULARITIES, checkpointed_blocks, stop_after_layers
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -48,11 +52,13 @@ UNFINGERPRINTED_SETTINGS = ("steps", "log_every", "checkpoint_every")
 
 @dataclass(frozen=True)
 class BranchPlan:
-    """Which branches run in which U-Net call; fixed for a run by the config."""
+    """Which branches run in which U-Net call; fixed for a run by the config. truncated: the grad
+    call stops after the last key layer, so its branch also runs in the no-grad call."""
 
     no_grad: tuple[str, ...]
     grad: str | None
     source_keys: str | None
+    truncated: bool = False
 
 
 @dataclass
@@ -60,7 +66,9 @@ class EditSession:
     """Everything computed once per run. source_latents x̂: (1,C,F,h,w) float32 on the device;
     mask: (1,1,F,h,w) float32 on the device or None (full frame); branch_embeddings: the
     (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
-    the backend's dtype, gathered once from ("", y_src, y_tgt)."""
+    the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
+    modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
+    granularity ("block" or "layer") of activation checkpointing in the grad call."""
 
     backend: VideoBackend
     config: EditConfig
@@ -70,6 +78,8 @@ class EditSession:
     branch_embeddings: dict[tuple[str, ...], torch.Tensor]
     plan: BranchPlan
     fingerprint: str
+    key_modules: dict[str, Attention] = field(default_factory=dict)
+    checkpointing: str | None = None
 
     @property
     def frame_count(self) -> int:
@@ -99,15 +109,16 @@ class EditResult:
     checkpoint: Path | None
 
 
-def branch_plan(*, config: EditConfig) -> BranchPlan:
+def branch_plan(*, config: EditConfig, truncate_grad_pass: bool = False) -> BranchPlan:
     """Conditional keys: grad on (x_t, y_tgt), source keys from (x̂_t, y_src); unconditional:
-    grad on (x_t, ∅), source keys from (x̂_t, ∅). No SSM term: all four branches without grad."""
+    grad on (x_t, ∅), source keys from (x̂_t, ∅). No SSM term: all four branches without grad.
+    truncate_grad_pass: all four branches without grad, plus the grad call cut after the keys."""
     if config.lambda_spatial == 0 and config.lambda_temporal == 0:
         return BranchPlan(no_grad=tuple(BRANCHES), grad=None, source_keys=None)
     conditional = config.ssm_keys == "conditional"
     grad = "target_cond" if conditional else "target_uncond"
-    no_grad = tuple(name for name in BRANCHES if name != grad)
-    return BranchPlan(no_grad=no_grad, grad=grad,
+    no_grad = tuple(name for name in BRANCHES if truncate_grad_pass or name != grad)
+    return BranchPlan(no_grad=no_grad, grad=grad, truncated=truncate_grad_pass,
                       source_keys="source_cond" if conditional else "source_uncond")
 
 
@@ -147,21 +158,25 @@ def prepare(
     tgt_prompt: str,
     config: EditConfig,
     key_layers: Sequence[str],
+    checkpointing: str | None = None,
+    truncate_grad_pass: bool = False,
 ) -> EditSession:
     """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid.
 
     Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
-    (UsageError) before any work when an SSM term is on.
+    (UsageError) before any work when an SSM term is on. checkpointing ("block" / "layer") and
+    truncate_grad_pass turn on the speed levers of dmedit.speed (same results up to rounding).
     """
+    if checkpointing not in (None, *GRANULARITIES):
+        raise ValueError(f"checkpointing must be None or one of {GRANULARITIES}, got {checkpointing!r}")
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be (F,3,H,W), got {tuple(frames.shape)}")
     for name in ("unet", "vae", "text_encoder"):
         module = getattr(backend, name, None)
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
-    plan = branch_plan(config=config)
-    if plan.grad is not None:
-        select_key_layers(unet=backend.unet, patterns=key_layers)
+    plan = branch_plan(config=config, truncate_grad_pass=truncate_grad_pass)
+    key_modules = {} if plan.grad is None else select_key_layers(unet=backend.unet, patterns=key_layers)
     source = backend.encode_video(frames=frames).float()
     prompts = ["", src_prompt, tgt_prompt]
     mask = None
@@ -177,6 +192,7 @@ def prepare(
         fingerprint=_fingerprint(frames=frames, masks=masks, src_prompt=src_prompt,
                                  tgt_prompt=tgt_prompt, config=config, key_layers=key_layers,
                                  backend=backend),
+        key_modules=key_modules, checkpointing=checkpointing,
     )
 
 
@@ -191,22 +207,29 @@ def new_state(*, session: EditSession) -> EditState:
 
 def _unet_call(
     *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: int,
-    capture_rows: slice | None | bool,
+    capture_rows: slice | None | bool, grad_call: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
     """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, captured keys or None).
 
     capture_rows False: no key capture; None: keep all rows; a slice: keep those rows.
+    grad_call: apply the session's levers; a truncated call returns no ε ({}).
     """
     backend = session.backend
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
     embeddings = session.branch_embeddings[branches]
     timesteps = torch.full((len(branches),), t, dtype=torch.long, device=backend.device)
-    capture = (contextlib.nullcontext(None) if capture_rows is False else
-               capture_keys(unet=backend.unet, patterns=session.key_layers, rows=capture_rows))
-    with capture as store:
+    eps = None
+    with contextlib.ExitStack() as stack:
+        store = None if capture_rows is False else stack.enter_context(capture_keys(
+            unet=backend.unet, patterns=session.key_layers, rows=capture_rows, layers=session.key_modules))
+        if grad_call and session.checkpointing is not None:
+            stack.enter_context(checkpointed_blocks(unet=backend.unet, granularity=session.checkpointing))
+        if grad_call and session.plan.truncated:
+            stack.enter_context(stop_after_layers(
+                layers={name: module.to_k for name, module in session.key_modules.items()}))
         eps = backend.predict_noise(latents=latents, timesteps=timesteps, text_embeddings=embeddings)
     keys = store.layers() if isinstance(store, KeyStore) else None
-    return dict(zip(branches, eps.split(1))), keys
+    return ({} if eps is None else dict(zip(branches, eps.split(1)))), keys
 
 
 def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, torch.Tensor]:
@@ -257,8 +280,9 @@ def evaluate_step(*, session: EditSession, state: EditState) -> StepTerms:
     if plan.grad is not None:
         with torch.enable_grad():
             grad_eps, target_keys = _unet_call(session=session, branches=(plan.grad,),
-                                               noised=noised, t=t, capture_rows=None)
-            eps[plan.grad] = grad_eps[plan.grad].detach()
+                                               noised=noised, t=t, capture_rows=None, grad_call=True)
+            if not plan.truncated:
+                eps[plan.grad] = grad_eps[plan.grad].detach()
             losses = _ssm_losses(config=config, target_keys=target_keys, source_keys=source_keys)
     g = dds_grad(eps_target_uncond=eps["target_uncond"], eps_target_cond=eps["target_cond"],
                  eps_source_uncond=eps["source_uncond"], eps_source_cond=eps["source_cond"],
@@ -284,10 +308,13 @@ def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
     state.optimizer.step()
     state.latents.grad = None
     state.step += 1
-    if not bool(torch.isfinite(state.latents).all()):
+    names = list(step.losses)
+    finite, dds, *losses = torch.stack([  # one device-to-host transfer per step
+        torch.isfinite(state.latents).all().float(), step.dds_grad.square().mean(),
+        *(step.losses[name].detach().float() for name in names)]).tolist()
+    if finite != 1.0:
         raise ModelError(f"the model produced NaN at step {state.step}; try --dtype fp32")
-    terms = {"t": float(step.t), "dds": float(step.dds_grad.square().mean()),
-             **{name: float(loss.detach()) for name, loss in step.losses.items()}}
+    terms = {"t": float(step.t), "dds": dds, **dict(zip(names, losses))}
     for name, value in terms.items():
         state.history.setdefault(name, []).append(value)
     return terms

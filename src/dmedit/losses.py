@@ -2,12 +2,15 @@
 
 Shapes: latents and noise predictions are (B, C, F, h, w); keys of one attention layer for one
 branch are (F, HW, C) with HW = h_l * w_l, the layer's spatial grid. Nothing here weights terms
-against each other: the editor does that.
+against each other: the editor does that. The self-similarity maths always runs in float32, also
+inside a half-precision autocast region.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,11 @@ def dds_grad(
     return grad if mask is None else grad * mask.float()
 
 
+def _float32_maths(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on `tensor`'s device, so matmuls stay in float32."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
     """Float32 copy of `vectors` scaled to unit L2 norm along the last dimension."""
     return F.normalize(vectors.float(), dim=-1, eps=COSINE_EPS)
@@ -55,8 +63,9 @@ def spatial_self_similarity(*, keys: torch.Tensor) -> torch.Tensor:
 
     SS[n, i, j] = cos(K[n, i], K[n, j]).
     """
-    unit = _unit(keys)
-    return unit @ unit.transpose(1, 2)
+    with _float32_maths(keys):
+        unit = _unit(keys)
+        return unit @ unit.transpose(1, 2)
 
 
 def temporal_self_similarity(*, keys: torch.Tensor) -> torch.Tensor:
@@ -64,14 +73,34 @@ def temporal_self_similarity(*, keys: torch.Tensor) -> torch.Tensor:
 
     M[n] = mean_i K[n, i]; TS[a, b] = cos(M[a], M[b]).
     """
-    unit = _unit(keys.float().mean(dim=1))
-    return unit @ unit.T
+    with _float32_maths(keys):
+        unit = _unit(keys.float().mean(dim=1))
+        return unit @ unit.T
 
 
 def _spatial_squared_error_sum(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Sum over frames and entries of (SS(target) - SS(source))^2 for one chunk of frames."""
     difference = spatial_self_similarity(keys=target) - spatial_self_similarity(keys=source)
     return difference.square().sum()
+
+
+def _spatial_squared_error_sum_by_gram(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The same sum as `_spatial_squared_error_sum` through C x C matrices, never HW x HW.
+
+    With unit keys B (source) and D = unit(target) - B, per frame SS(target) - SS(source) =
+    B·Dᵀ + D·Bᵀ + D·Dᵀ, whose squared Frobenius norm is 2·tr(R²) + 2·tr(P·Q) + 4·tr(Q·R) + tr(Q²)
+    with P = BᵀB, Q = DᵀD, R = BᵀD. Every term is at least quadratic in D, so nothing large
+    cancels. Costs O(HW·C²) per frame instead of O(HW²·C).
+    """
+    with _float32_maths(target):
+        unit_source = _unit(source)
+        difference = _unit(target) - unit_source
+        source_t = unit_source.transpose(1, 2)
+        p = source_t @ unit_source
+        q = difference.transpose(1, 2) @ difference
+        r = source_t @ difference
+        r_t = r.transpose(1, 2)
+        return 2 * (r * r_t).sum() + 2 * (p * q).sum() + 4 * (q * r_t).sum() + q.square().sum()
 
 
 def _check_layers(target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor]) -> None:
@@ -91,26 +120,36 @@ def spatial_ssm_loss(
 
     target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. Per layer the
     squared differences are averaged over all F * HW * HW entries (the MEAN, i.e. the usual MSE,
-    equal to the mean over frames of the per-frame mean). Frames are processed `frame_chunk` at a
-    time, and when gradients are needed each chunk is recomputed in backward (activation
-    checkpointing), so at most one chunk's HW x HW maps exist at any moment.
+    equal to the mean over frames of the per-frame mean). A layer with fewer channels than
+    positions (C < HW) is computed through C x C matrices (no HW x HW map is ever formed; same
+    value up to float rounding). Otherwise frames are processed `frame_chunk` at a time, and when
+    gradients are needed each chunk is recomputed in backward (activation checkpointing), so at
+    most one chunk's HW x HW maps exist at any moment.
     """
     _check_layers(target_keys, source_keys)
     per_layer = []
     for target, source in zip(target_keys, source_keys):
         frames, positions, _ = target.shape
-        source = source.detach()
-        total = target.new_zeros((), dtype=torch.float32)
-        for start in range(0, frames, frame_chunk):
-            chunk_target = target[start:start + frame_chunk]
-            chunk_source = source[start:start + frame_chunk]
-            if torch.is_grad_enabled() and chunk_target.requires_grad:
-                total = total + checkpoint(_spatial_squared_error_sum, chunk_target, chunk_source,
-                                           use_reentrant=False)
-            else:
-                total = total + _spatial_squared_error_sum(chunk_target, chunk_source)
+        total = _layer_squared_error_sum(target, source.detach(), frame_chunk)
         per_layer.append(total / (frames * positions * positions))
     return torch.stack(per_layer).mean()
+
+
+def _layer_squared_error_sum(target: torch.Tensor, source: torch.Tensor, frame_chunk: int) -> torch.Tensor:
+    """Sum over frames and HW x HW entries of (SS(target) - SS(source))^2 for one layer."""
+    frames, positions, channels = target.shape
+    if channels < positions:
+        return _spatial_squared_error_sum_by_gram(target, source)
+    total = target.new_zeros((), dtype=torch.float32)
+    for start in range(0, frames, frame_chunk):
+        chunk_target = target[start:start + frame_chunk]
+        chunk_source = source[start:start + frame_chunk]
+        if torch.is_grad_enabled() and chunk_target.requires_grad:
+            total = total + checkpoint(_spatial_squared_error_sum, chunk_target, chunk_source,
+                                       use_reentrant=False)
+        else:
+            total = total + _spatial_squared_error_sum(chunk_target, chunk_source)
+    return total
 
 
 def temporal_ssm_loss(

@@ -73,7 +73,7 @@ def test_dds_grad_equals_masked_guidance_difference_of_four_single_calls(
     _perturb(state)
     step = editor.evaluate_step(session=session, state=state)
 
-    timesteps = torch.tensor([step.t])
+    timesteps = step.t.cpu()
     null, src, tgt = tiny_backend.encode_prompts(prompts=["", SRC, TGT]).split(1)
     with torch.no_grad():
         x_t = tiny_backend.add_noise(latents=state.latents, noise=step.noise, timesteps=timesteps)
@@ -101,7 +101,7 @@ def test_update_is_sgd_on_weighted_gradient_sum(tiny_backend, frames):
     expected = twin.latents.detach() - 0.1 * (2.0 * step.dds_grad + torch.autograd.grad(ssm, twin.latents)[0])
     terms = editor.run_step(session=session, state=state)
     assert torch.allclose(state.latents.detach(), expected, atol=1e-6)
-    assert terms["t"] == step.t
+    assert terms["t"] == float(step.t)
     assert terms["dds"] == pytest.approx(step.dds_grad.square().mean().item(), rel=1e-5)
     assert state.step == 1 and state.history["spatial"] == [terms["spatial"]]
 
@@ -253,3 +253,15 @@ def test_key_layers_matching_nothing_fail_before_any_step(tiny_backend, frames):
     with pytest.raises(UsageError, match="match no attention module"):
         editor.edit(backend=tiny_backend, frames=frames, masks=None, src_prompt=SRC, tgt_prompt=TGT,
                     config=EditConfig(steps=1), key_layers=("mid_block.nothing",))
+
+
+@pytest.mark.parametrize("granularity", ["block", "layer"])
+def test_activation_checkpointing_changes_memory_not_the_edit(tiny_backend, frames, half_mask, granularity):
+    plain = _edit(tiny_backend, frames, half_mask, steps=3, dds_scale=1.0, lambda_spatial=50.0, lambda_temporal=50.0)
+    lean = _edit(tiny_backend, frames, half_mask, steps=3, dds_scale=1.0, lambda_spatial=50.0, lambda_temporal=50.0,
+                 checkpointing=granularity)
+    assert plain.history["t"] == lean.history["t"]
+    assert torch.allclose(lean.latents, plain.latents, atol=1e-5)
+    assert not torch.equal(plain.latents[..., : LATENT // 2], editor.prepare(
+        backend=tiny_backend, frames=frames, masks=half_mask, src_prompt=SRC, tgt_prompt=TGT,
+        config=EditConfig(), key_layers=KEY_LAYERS).source_latents[..., : LATENT // 2])

@@ -55,6 +55,12 @@ class OutSize(str, Enum):
     model = "model"
 
 
+class Checkpointing(str, Enum):
+    none = "none"
+    block = "block"
+    layer = "layer"
+
+
 class SsmKeysChoice(str, Enum):
     conditional = "conditional"
     unconditional = "unconditional"
@@ -147,6 +153,7 @@ def run(
     offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub.", rich_help_panel=MODEL)] = False,
     offload: Annotated[bool, typer.Option("--offload", help="Keep text encoder and VAE on the CPU while the U-Net works.", rich_help_panel=MODEL)] = False,
     vae_chunk: Annotated[int, typer.Option(min=1, help="Frames per VAE call (lower uses less memory).", rich_help_panel=MODEL)] = 8,
+    checkpointing: Annotated[Checkpointing, typer.Option(help="Recompute U-Net activations in backward (per block or layer) so long clips fit in GPU memory.", rich_help_panel=MODEL)] = Checkpointing.none,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Optimisation steps [default: the model's].", rich_help_panel=METHOD, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same output on the CPU).", rich_help_panel=METHOD)] = 0,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance w.", rich_help_panel=METHOD, show_default=False)] = None,
@@ -184,7 +191,7 @@ def run(
             fps=fps, fit=fit.value, crf=crf, audio=not no_audio, out_size=out_size.value, compare=compare,
             plot=plot, composite=not no_composite, overwrite=overwrite, skip_existing=skip_existing,
             model=model, registry=registry, device=device, dtype=dtype, offload=offload, vae_chunk=vae_chunk,
-            mask=mask, mask_prompt=mask_prompt, detector=detector, box_threshold=box_threshold,
+            checkpointing=None if checkpointing is Checkpointing.none else checkpointing.value, mask=mask, mask_prompt=mask_prompt, detector=detector, box_threshold=box_threshold,
             text_threshold=text_threshold, smooth=smooth, dilate=dilate, feather=feather, resume=resume,
             edit_overrides=dict(
                 steps=steps, seed=seed, guidance_scale=guidance_scale, learning_rate=lr, t_min=t_min,

@@ -199,14 +199,14 @@ def prepare(
 def new_state(*, session: EditSession) -> EditState:
     """x(θ) = x̂ (a copy), plain SGD at the configured learning rate, generator seeded."""
     latents = torch.nn.Parameter(session.source_latents.clone())
-    generator = torch.Generator(device="cpu")
+    generator = torch.Generator(device=session.source_latents.device)
     generator.manual_seed(session.config.seed)
     optimizer = torch.optim.SGD([latents], lr=session.config.learning_rate)
     return EditState(latents=latents, optimizer=optimizer, generator=generator)
 
 
 def _unet_call(
-    *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: int,
+    *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: torch.Tensor,
     capture_rows: slice | None | bool, grad_call: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
     """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, captured keys or None).
@@ -217,7 +217,7 @@ def _unet_call(
     backend = session.backend
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
     embeddings = session.branch_embeddings[branches]
-    timesteps = torch.full((len(branches),), t, dtype=torch.long, device=backend.device)
+    timesteps = t.expand(len(branches))
     eps = None
     with contextlib.ExitStack() as stack:
         store = None if capture_rows is False else stack.enter_context(capture_keys(
@@ -244,11 +244,11 @@ def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, to
 
 @dataclass
 class StepTerms:
-    """What one step measured at the current x(θ): the sampled t and ε (1,C,F,h,w, on the
-    device), g = dds_grad(...) (1,C,F,h,w float32, detached) and the unweighted SSM losses
+    """What one step measured at the current x(θ): the sampled t ((1,) long) and ε (1,C,F,h,w),
+    both on the device, g = dds_grad(...) (1,C,F,h,w float32, detached) and the unweighted SSM losses
     (float32 scalars attached to the graph of x(θ); only the terms whose λ > 0)."""
 
-    t: int
+    t: torch.Tensor
     noise: torch.Tensor
     dds_grad: torch.Tensor
     losses: dict[str, torch.Tensor]
@@ -263,11 +263,14 @@ def _source_key_rows(session: EditSession) -> slice | bool:
 
 
 def evaluate_step(*, session: EditSession, state: EditState) -> StepTerms:
-    """Sample t then ε from state.generator and run the step's U-Net calls; x(θ) is unchanged."""
+    """Sample t then ε from state.generator and run the step's U-Net calls; x(θ) is unchanged.
+
+    The generator lives on the latents' device, so nothing crosses devices to draw t and ε."""
     config, backend, plan = session.config, session.backend, session.plan
-    t = int(torch.randint(config.t_min, config.t_max + 1, (1,), generator=state.generator))
-    noise = torch.randn(session.source_latents.shape, generator=state.generator).to(backend.device)
-    timestep = torch.full((1,), t, dtype=torch.long, device=backend.device)
+    device = session.source_latents.device
+    t = torch.randint(config.t_min, config.t_max + 1, (1,), generator=state.generator, device=device)
+    noise = torch.randn(session.source_latents.shape, generator=state.generator, device=device)
+    timestep = t
     with torch.set_grad_enabled(plan.grad is not None):
         x_t = backend.add_noise(latents=state.latents, noise=noise, timesteps=timestep)
     noised = {"x_t": x_t, "source_t": backend.add_noise(latents=session.source_latents,
@@ -309,12 +312,12 @@ def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
     state.latents.grad = None
     state.step += 1
     names = list(step.losses)
-    finite, dds, *losses = torch.stack([  # one device-to-host transfer per step
-        torch.isfinite(state.latents).all().float(), step.dds_grad.square().mean(),
+    finite, t, dds, *losses = torch.stack([  # one device-to-host transfer per step
+        torch.isfinite(state.latents).all().float(), step.t[0].float(), step.dds_grad.square().mean(),
         *(step.losses[name].detach().float() for name in names)]).tolist()
     if finite != 1.0:
         raise ModelError(f"the model produced NaN at step {state.step}; try --dtype fp32")
-    terms = {"t": float(step.t), "dds": dds, **dict(zip(names, losses))}
+    terms = {"t": t, "dds": dds, **dict(zip(names, losses))}
     for name, value in terms.items():
         state.history.setdefault(name, []).append(value)
     return terms
@@ -370,6 +373,7 @@ def edit(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     stop_requested: Callable[[], bool] = lambda: False,
+    checkpointing: str | None = None,
 ) -> EditResult:
     """Run DreamMotion for config.steps steps and decode x(θ) -> EditResult.
 
@@ -378,9 +382,12 @@ def edit(
     checkpoint_dir/checkpoint.pt every config.checkpoint_every steps and when stop_requested()
     turns True before the last step, which then raises InterruptedRun. resume=True continues
     from that checkpoint (steps may be raised) to the same result as an unbroken run.
+    checkpointing: None, "block" or "layer" activation checkpointing in the grad call (less
+    memory for long clips, about one more forward of that call; dmedit.speed).
     """
     session = prepare(backend=backend, frames=frames, masks=masks, src_prompt=src_prompt,
-                      tgt_prompt=tgt_prompt, config=config, key_layers=key_layers)
+                      tgt_prompt=tgt_prompt, config=config, key_layers=key_layers,
+                      checkpointing=checkpointing)
     state = new_state(session=session)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     if resume:
@@ -394,7 +401,8 @@ def edit(
         except torch.OutOfMemoryError as error:
             raise OutOfMemoryError(
                 f"out of memory on {backend.device} at step {state.step + 1} with "
-                f"{session.frame_count} frames; try fewer frames or a smaller model") from error
+                f"{session.frame_count} frames; try --checkpointing block, fewer --frames or "
+                "--offload") from error
         if on_step is not None:
             on_step(state.step - 1, terms)
         periodic = config.checkpoint_every > 0 and state.step % config.checkpoint_every == 0

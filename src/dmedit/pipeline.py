@@ -58,6 +58,7 @@ class RunRequest:
     dtype: str = "auto"
     offload: bool = False
     vae_chunk: int = 8
+    checkpointing: str | None = None
     mask: str | None = None
     mask_prompt: str | None = None
     detector: str | None = None
@@ -258,10 +259,10 @@ def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, fra
                 backend=backend, frames=pixels, masks=latent_masks.to(device), src_prompt=request.src,
                 tgt_prompt=request.tgt, config=config, key_layers=entry.key_layers, on_step=progress.update,
                 checkpoint_dir=companion(output=output, suffix=".run"), resume=request.resume,
-                stop_requested=lambda: stop[0],
+                stop_requested=lambda: stop[0], checkpointing=request.checkpointing,
             )
     except torch.OutOfMemoryError as error:
-        raise OutOfMemoryError(f"{device} ran out of memory: try fewer --frames, --offload or --vae-chunk 1") from error
+        raise OutOfMemoryError(f"{device} ran out of memory while decoding: try --vae-chunk 1 or fewer --frames") from error
     if not torch.isfinite(result.frames).all():
         raise ModelError(f"model {entry.name!r} produced NaN/inf frames; nothing was written (try --dtype fp32)")
     return result

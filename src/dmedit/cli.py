@@ -97,7 +97,7 @@ def main_options(
     """Edit an object in a video from text (DreamMotion)."""
 
 
-def _prepare_environment(*, offline: bool, registry: Optional[Path]) -> None:
+def _prepare_environment(*, offline: bool) -> None:
     """Must run before anything imports huggingface_hub."""
     if offline:
         from dmedit.hub import set_offline
@@ -106,7 +106,7 @@ def _prepare_environment(*, offline: bool, registry: Optional[Path]) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def probe(
     video: Annotated[Path, typer.Argument(help="Video file to describe.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -127,7 +127,7 @@ def probe(
             typer.echo(f"{key:12} {value}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def run(
     video: Annotated[Path, typer.Argument(help="Input video.", show_default=False, rich_help_panel=INPUT)],
     src: Annotated[str, typer.Option("--src", help="Text describing the object now, e.g. 'a bird'.", rich_help_panel=INPUT)],
@@ -183,7 +183,7 @@ def run(
     """Edit VIDEO: turn --src into --tgt, keeping motion and everything else."""
     reporter = Reporter(quiet=quiet, log_every=log_every)
     with exit_codes(reporter):
-        _prepare_environment(offline=offline, registry=registry)
+        _prepare_environment(offline=offline)
         from dmedit.pipeline import RunRequest, run_edit
 
         request = RunRequest(
@@ -205,7 +205,7 @@ def run(
         run_edit(request=request, reporter=reporter)
 
 
-@app.command("mask")
+@app.command("mask", epilog=EXIT_CODES_HELP)
 def mask_preview(
     video: Annotated[Path, typer.Argument(help="Input video.", show_default=False, rich_help_panel=INPUT)],
     mask_prompt: Annotated[str, typer.Option(help="Objects to detect, '.'-separated.", rich_help_panel=MASKS)],
@@ -229,7 +229,7 @@ def mask_preview(
     """Detect the object and write a mask preview (OUT.mask.mp4) and PNGs (OUT.masks/) for `run --mask`."""
     reporter = Reporter(quiet=quiet)
     with exit_codes(reporter):
-        _prepare_environment(offline=offline, registry=registry)
+        _prepare_environment(offline=offline)
         from dmedit.pipeline import MaskRequest, run_mask_preview
 
         request = MaskRequest(

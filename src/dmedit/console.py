@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
@@ -28,7 +29,7 @@ def make_console() -> Console:
 def format_terms(terms: Mapping[str, float]) -> str:
     parts = []
     for name, value in terms.items():
-        parts.append(f"t={int(value)}" if name == "t" else f"{name}={value:.4g}")
+        parts.append(f"t={int(value)}" if name == "t" else f"{name}={value:.3g}")
     return " ".join(parts)
 
 
@@ -82,11 +83,12 @@ class Reporter:
         if self.interactive:
             progress = Progress(
                 TextColumn("optimise"),
-                BarColumn(),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[terms]}"),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[terms]}", table_column=Column(
+                    no_wrap=True, overflow="ellipsis", max_width=max(12, self.console.width - 56))),
                 console=self.console,
                 transient=False,
             )

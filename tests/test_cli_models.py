@@ -82,3 +82,28 @@ def test_quiet_prints_nothing_but_errors() -> None:
     reporter.release()
     reporter.error("bad thing")
     assert buffer.getvalue().strip() == "error: bad thing"
+
+
+def test_a_failed_write_leaves_no_half_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ntsc_clip: Path) -> None:
+    import dmedit.report
+
+    def disk_full(**kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dmedit.report, "write_json", disk_full)
+    output = tmp_path / "full.mp4"
+    result = runner.invoke(app, ["run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask",
+                                 "full", "--frames", "4", "--steps", "1", "--compare", "--plot", "-o", str(output)])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".run")) == []
+
+
+def test_no_mask_skips_detection_and_edits_the_whole_frame(tmp_path: Path, ntsc_clip: Path) -> None:
+    import json
+
+    output = tmp_path / "whole.mp4"
+    result = dmedit("run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--frames", "4",
+                    "--steps", "1", "--no-mask", "--box-threshold", "1", "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert report["resolved"]["mask"] == "full" and report["edit"]["use_mask"] is False

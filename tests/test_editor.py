@@ -265,3 +265,19 @@ def test_activation_checkpointing_changes_memory_not_the_edit(tiny_backend, fram
     assert not torch.equal(plain.latents[..., : LATENT // 2], editor.prepare(
         backend=tiny_backend, frames=frames, masks=half_mask, src_prompt=SRC, tgt_prompt=TGT,
         config=EditConfig(), key_layers=KEY_LAYERS).source_latents[..., : LATENT // 2])
+
+
+def test_resume_refuses_a_checkpoint_past_the_requested_steps(tiny_backend, frames, tmp_path):
+    _edit(tiny_backend, frames, steps=3, checkpoint_every=3, checkpoint_dir=tmp_path)
+    with pytest.raises(UsageError, match="past --steps 2"):
+        _edit(tiny_backend, frames, steps=2, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_the_registry_defaults_move_the_masked_latents(tiny_backend, frames, half_mask):
+    from dmedit.registry import load_registry
+
+    defaults = dict(load_registry().model("tiny").defaults)
+    result = _edit(tiny_backend, frames, half_mask, **defaults)
+    source = _session(tiny_backend, frames).source_latents
+    change = (result.latents - source).abs()
+    assert change[..., : LATENT // 2].mean() > 0.5 * source.std(), "a default run visibly edits the masked region"

@@ -74,7 +74,7 @@ def test_builtin_defaults_are_valid_and_scale_dds_by_the_latent_grid(name: str) 
     entry = load_registry().model(name)
     config = EditConfig().merged(entry.defaults)
     latent_cells = (entry.width // 8) * (entry.height // 8)
-    assert config.dds_scale == pytest.approx(1.0 / latent_cells, rel=1e-12)
+    assert config.dds_scale == pytest.approx(2000.0 / latent_cells, rel=1e-12)
     assert config.t_min == 50 and config.t_max == 950
     assert load_registry().detector(entry.detector).name == entry.detector
 
@@ -223,7 +223,7 @@ def test_merge_order_builtin_config_env_then_registry_flag(
     assert zeroscope.description == "from config"
     assert zeroscope.repo == "cerspense/zeroscope_v2_576w"
     assert zeroscope.defaults["steps"] == 10
-    assert zeroscope.defaults["dds_scale"] == pytest.approx(1 / (72 * 40))
+    assert zeroscope.defaults["dds_scale"] == pytest.approx(2000 / (72 * 40))
     assert zeroscope.source_file == str(flag_file)
     assert registry.model("modelscope").source_file == str(builtin_registry_path())
 

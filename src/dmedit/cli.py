@@ -15,11 +15,11 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from dmedit.console import Reporter
-from dmedit.errors import EXIT_INTERRUPTED, EXIT_OOM, DmeditError
+from dmedit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OOM, DmeditError
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 2 usage, 3 bad input video or mask, 4 model missing or unloadable, "
-    "5 out of memory, 130 interrupted."
+    "Exit codes: 0 ok, 1 system error (e.g. disk full), 2 usage, 3 bad input video or mask, "
+    "4 model missing or unloadable, 5 out of memory, 130 interrupted."
 )
 
 app = typer.Typer(
@@ -77,8 +77,16 @@ def exit_codes(reporter: Reporter) -> Iterator[None]:
     except KeyboardInterrupt:
         reporter.error("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except MemoryError:
-        reporter.error("out of memory; try fewer --frames, --offload or --vae-chunk 1")
+    except OSError as error:  # the system refused a read or write (disk full, permissions): no traceback
+        where = f"{error.filename}: " if error.filename else ""
+        reporter.error(f"{where}{error.strerror or error}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    except Exception as error:
+        # torch.OutOfMemoryError (matched by name: this module never imports torch) or MemoryError,
+        # from model loading, detection or decoding; the step loop raises OutOfMemoryError itself.
+        if not isinstance(error, MemoryError) and type(error).__name__ != "OutOfMemoryError":
+            raise
+        reporter.error("out of memory; try --checkpointing block, fewer --frames, --offload or --vae-chunk 1")
         raise typer.Exit(EXIT_OOM) from None
 
 

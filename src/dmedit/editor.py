@@ -394,6 +394,9 @@ def edit(
         if path is None:
             raise UsageError("--resume needs a checkpoint folder")
         load_checkpoint(session=session, state=state, path=path)
+        if state.step > config.steps:
+            raise UsageError(f"{path}: the checkpoint is at step {state.step}, past --steps "
+                             f"{config.steps}; raise --steps or drop --resume")
     written = None
     while state.step < config.steps:
         try:

@@ -1,13 +1,14 @@
 """Errors a user can act on, each with the exit code the CLI returns for it.
 
 Exit codes (also in the README and `dmedit --help`):
-0 ok, 2 usage, 3 bad input video or mask, 4 model missing or unloadable, 5 out of memory,
-130 interrupted.
+0 ok, 1 system error (disk full, permissions), 2 usage, 3 bad input video or mask, 4 model
+missing or unloadable, 5 out of memory, 130 interrupted.
 """
 
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODEL = 4

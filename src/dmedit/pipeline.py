@@ -18,7 +18,7 @@ import numpy as np
 
 from dmedit.config import EditConfig, ModelEntry
 from dmedit.console import Reporter
-from dmedit.errors import ModelError, OutOfMemoryError, UsageError
+from dmedit.errors import InputError, ModelError, OutOfMemoryError, UsageError
 
 DEFAULT_MODEL = "zeroscope"
 
@@ -147,22 +147,15 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
         masks, detections = _source_masks(request=request, registry=registry, entry=entry, frames=source, device=device)
     result = _optimise(request=request, entry=entry, config=config, frames=model_frames, masks=masks,
                        mapping=mapping, device=device, dtype=dtype, output=output, reporter=reporter)
-    with reporter.stage("write"):
-        edited = _to_output_frames(request=request, result_frames=result.frames, source=source, masks=masks, mapping=mapping)
-        _write_outputs(request=request, output=output, info=info, span=span, source=source, edited=edited,
-                       masks=masks, detections=detections, mapping=mapping)
-    from dmedit.report import write_json
-
     report = _report(request=request, info=info, span=span, entry=entry, config=config, mapping=mapping,
                      result=result, reporter=reporter, wall=time.perf_counter() - started)
     report["resolved"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
                           "frames": len(span.indices), "model": entry.name,
                           "mask": "detected" if detections is not None else (request.mask or "full")}
-    write_json(path=companion(output=output, suffix=".json"), data=report)
-    if request.plot:
-        from dmedit.report import plot_losses
-
-        plot_losses(path=companion(output=output, suffix=".loss.png"), history=result.history)
+    with reporter.stage("write"):
+        edited = _to_output_frames(request=request, result_frames=result.frames, source=source, masks=masks, mapping=mapping)
+        _write_bundle(request=request, output=output, info=info, span=span, source=source, edited=edited,
+                      masks=masks, detections=detections, report=report)
     shutil.rmtree(companion(output=output, suffix=".run"), ignore_errors=True)
     reporter.line(f"wrote {output}")
     return output
@@ -192,12 +185,12 @@ def _source_masks(*, request: RunRequest, registry, entry: ModelEntry, frames: n
     from dmedit import masks as mask_tools
 
     count, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
-    if request.mask == "full":
+    if request.mask == "full" or request.edit_overrides.get("use_mask") is False:
         return mask_tools.full_masks(frames=count, width=width, height=height), None
     if request.mask is not None:
         path = Path(request.mask)
         if not path.exists():
-            raise UsageError(f"--mask {request.mask}: no such file or folder (use 'full', a PNG, a folder or a video)")
+            raise InputError(f"--mask {request.mask}: no such file or folder (use 'full', a PNG, a folder or a video)")
         return mask_tools.load_user_masks(path=path, frames=count, width=width, height=height), None
     result = _detect(registry=registry, detector_name=request.detector or entry.detector, frames=frames,
                      prompt=request.mask_prompt or request.src, box_threshold=request.box_threshold,
@@ -262,7 +255,7 @@ def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, fra
                 stop_requested=lambda: stop[0], checkpointing=request.checkpointing,
             )
     except torch.OutOfMemoryError as error:
-        raise OutOfMemoryError(f"{device} ran out of memory while decoding: try --vae-chunk 1 or fewer --frames") from error
+        raise OutOfMemoryError(f"{device} ran out of memory: try --vae-chunk 1, --offload or fewer --frames") from error
     if not torch.isfinite(result.frames).all():
         raise ModelError(f"model {entry.name!r} produced NaN/inf frames; nothing was written (try --dtype fp32)")
     return result
@@ -281,20 +274,36 @@ def _to_output_frames(*, request: RunRequest, result_frames, source: np.ndarray,
     return composite(source=source, edited=edited, masks=feather_masks(masks=masks, pixels=request.feather))
 
 
-def _write_outputs(*, request: RunRequest, output: Path, info, span, source, edited, masks, detections, mapping) -> None:
+def _write_bundle(*, request: RunRequest, output: Path, info, span, source, edited, masks, detections,
+                  report: dict[str, Any]) -> None:
+    """Companions first (compare, plot, report), the MP4 last; a failure removes what was written,
+    so a failed run leaves no half bundle behind."""
     from dmedit.masks import draw_preview
+    from dmedit.report import plot_losses, write_json
     from dmedit.video import side_by_side, to_model_frames, write_video
 
     audio = dict(audio_source=info.path if (request.audio and info.has_audio) else None,
                  audio_start=span.start_time, audio_duration=span.duration)
-    write_video(path=output, frames=edited, fps=span.fps, crf=request.crf, **audio)
-    if request.compare:
-        overlay = draw_preview(frames=source, masks=masks, detections=detections.detections if detections else None)
-        if request.out_size == "model":
-            source, _ = to_model_frames(frames=source, width=edited.shape[2], height=edited.shape[1], fit=request.fit)
-            overlay, _ = to_model_frames(frames=overlay, width=edited.shape[2], height=edited.shape[1], fit=request.fit)
-        write_video(path=companion(output=output, suffix=".compare.mp4"),
-                    frames=side_by_side(panels=[source, overlay, edited]), fps=span.fps, crf=request.crf, **audio)
+    written: list[Path] = []
+    try:
+        if request.compare:
+            overlay = draw_preview(frames=source, masks=masks, detections=detections.detections if detections else None)
+            if request.out_size == "model":
+                size = dict(width=edited.shape[2], height=edited.shape[1], fit=request.fit)
+                source, overlay = to_model_frames(frames=source, **size)[0], to_model_frames(frames=overlay, **size)[0]
+            written.append(companion(output=output, suffix=".compare.mp4"))
+            write_video(path=written[-1], frames=side_by_side(panels=[source, overlay, edited]), fps=span.fps,
+                        crf=request.crf, **audio)
+        if request.plot:
+            written.append(companion(output=output, suffix=".loss.png"))
+            plot_losses(path=written[-1], history=report["loss_history"])
+        written.append(companion(output=output, suffix=".json"))
+        write_json(path=written[-1], data=report)
+        write_video(path=output, frames=edited, fps=span.fps, crf=request.crf, **audio)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _report(*, request: RunRequest, info, span, entry: ModelEntry, config: EditConfig, mapping, result,

@@ -85,7 +85,8 @@ def test_run_tiny_writes_video_report_compare_and_plot(tmp_path: Path) -> None:
     assert all(len(report["loss_history"][k]) == 3 for k in ("dds", "spatial", "temporal"))
     assert report["span"]["indices"][0] == 2 and report["edit"]["steps"] == 3
     assert "torch" in report["versions"] and "total" in report["timings_s"]
-    assert report["resolved"] == {"device": "cpu", "dtype": "float32", "frames": 6, "model": "tiny", "mask": "detected"}
+    assert report["resolved"] == {"device": "cpu", "dtype": "float32", "frames": 6, "model": "tiny", "mask": "detected",
+                                  "detector": "tiny-detector"}
     assert report["input"]["fps"] == "30000/1001" and report["peak_memory"]["rss_mib"] > 0
     compare = streams(tmp_path / "out put.compare.mp4")
     assert compare["width"] >= 3 * 97 and compare["frames"] == 6

@@ -151,7 +151,8 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
                      result=result, reporter=reporter, wall=time.perf_counter() - started)
     report["resolved"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
                           "frames": len(span.indices), "model": entry.name,
-                          "mask": "detected" if detections is not None else (request.mask or "full")}
+                          "mask": "detected" if detections is not None else (request.mask or "full"),
+                          "detector": (request.detector or entry.detector) if detections is not None else None}
     with reporter.stage("write"):
         edited = _to_output_frames(request=request, result_frames=result.frames, source=source, masks=masks, mapping=mapping)
         _write_bundle(request=request, output=output, info=info, span=span, source=source, edited=edited,

@@ -107,3 +107,14 @@ def test_no_mask_skips_detection_and_edits_the_whole_frame(tmp_path: Path, ntsc_
     assert result.returncode == 0, result.stderr
     report = json.loads(output.with_suffix(".json").read_text())
     assert report["resolved"]["mask"] == "full" and report["edit"]["use_mask"] is False
+
+
+def test_a_resumed_run_reports_from_where_it_resumed() -> None:
+    buffer = io.StringIO()
+    reporter = Reporter(console=Console(file=buffer, force_terminal=False), log_every=50)
+    reporter.release()
+    with reporter.steps(total=60) as progress:
+        for step in range(40, 60):
+            progress.update(step, {"t": 100.0, "dds": 0.5})
+    lines = buffer.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["41/60", "50/60", "60/60"]

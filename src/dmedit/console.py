@@ -11,7 +11,6 @@ error line on stderr.
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -77,7 +76,7 @@ class Reporter:
         self.line(f"{name}: done in {elapsed:.2f}s")
 
     @contextmanager
-    def steps(self, *, total: int, first: int = 0) -> Iterator["StepReporter"]:
+    def steps(self, *, total: int) -> Iterator["StepReporter"]:
         self.release()
         started = time.perf_counter()
         if self.interactive:
@@ -93,10 +92,10 @@ class Reporter:
                 transient=False,
             )
             with progress:
-                task = progress.add_task("optimise", total=total, completed=first, terms="", rate="")
-                yield StepReporter(reporter=self, total=total, first=first, progress=progress, task=task)
+                task = progress.add_task("optimise", total=total, terms="", rate="")
+                yield StepReporter(reporter=self, total=total, progress=progress, task=task)
         else:
-            yield StepReporter(reporter=self, total=total, first=first)
+            yield StepReporter(reporter=self, total=total)
         self.timings["optimise"] = self.timings.get("optimise", 0.0) + time.perf_counter() - started
 
 
@@ -104,13 +103,18 @@ class Reporter:
 class StepReporter:
     reporter: Reporter
     total: int
-    first: int = 0
+    first: int | None = None
     progress: Progress | None = None
     task: int | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def update(self, step: int, terms: Mapping[str, float]) -> None:
-        """`step` is the 0-based index of the step just finished."""
+        """`step` is the 0-based index of the step just finished. The first update fixes where this
+        run started (a resumed run starts past 0), so rate and ETA count only the steps run here."""
+        if self.first is None:
+            self.first = step
+            if self.progress is not None:  # restored steps are not progress made at this speed
+                self.progress.reset(self.task, completed=step)
         done = step + 1
         elapsed = time.perf_counter() - self.started
         rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
@@ -122,7 +126,3 @@ class StepReporter:
         if done % every == 0 or done == self.total or done == self.first + 1:
             eta = (self.total - done) / rate if rate > 0 else 0.0
             self.reporter.line(f"step {done}/{self.total} {text} {rate:.2f} step/s eta {eta:.0f}s")
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

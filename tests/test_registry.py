@@ -160,14 +160,7 @@ SIZES = FOO_HEADER + FOO_SIZES
     ],
 )
 def test_model_entry_errors_name_file_entry_and_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
-    registry_file = write(tmp_path / "mine.toml", text)
-    with pytest.raises(UsageError) as caught:
-        load_registry(registry_file=registry_file)
-    message = str(caught.value)
-    assert message.startswith(f"{registry_file}: [models.foo] ")
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
+    assert_one_line_error(tmp_path=tmp_path, text=text, prefix="[models.foo] ", fragments=fragments)
 
 
 @pytest.mark.parametrize(
@@ -192,11 +185,16 @@ def test_model_entry_errors_name_file_entry_and_key(tmp_path: Path, text: str, f
     ],
 )
 def test_other_registry_errors_name_file_and_entry(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    assert_one_line_error(tmp_path=tmp_path, text=text, prefix="", fragments=fragments)
+
+
+def assert_one_line_error(*, tmp_path: Path, text: str, prefix: str, fragments: list[str]) -> None:
+    """Loading `text` as --registry fails with one line: "<file>: <prefix>..." holding every fragment."""
     registry_file = write(tmp_path / "mine.toml", text)
     with pytest.raises(UsageError) as caught:
         load_registry(registry_file=registry_file)
     message = str(caught.value)
-    assert message.startswith(f"{registry_file}: ")
+    assert message.startswith(f"{registry_file}: {prefix}")
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message

@@ -119,6 +119,7 @@ def _select(*, info, entry: ModelEntry, span: SpanRequest):
 
 def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
     """The whole `dmedit run`; returns the output path (None when skipped)."""
+    from dmedit import fit as fitting
     from dmedit import video as videos
     from dmedit.registry import load_registry
 
@@ -140,7 +141,7 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
     with reporter.stage("read"):
         source = videos.read_frames(info=info, span=span)
-        model_frames, mapping = videos.to_model_frames(frames=source, width=entry.width, height=entry.height, fit=request.fit)
+        model_frames, mapping = fitting.to_model_frames(frames=source, width=entry.width, height=entry.height, fit=request.fit)
     device = _resolve_device(request.device)
     dtype = _resolve_dtype(name=request.dtype, device=device, entry=entry)
     with reporter.stage("masks"):
@@ -240,7 +241,7 @@ def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, fra
     from dmedit.backends import load_backend
     from dmedit.editor import edit
     from dmedit.masks import masks_to_latent_grid
-    from dmedit.video import masks_to_model
+    from dmedit.fit import masks_to_model
 
     with reporter.stage("load model"):
         backend = load_backend(entry=entry, device=device, dtype=dtype, vae_chunk=request.vae_chunk, offload=request.offload)
@@ -264,7 +265,7 @@ def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, fra
 
 def _to_output_frames(*, request: RunRequest, result_frames, source: np.ndarray, masks: np.ndarray, mapping) -> np.ndarray:
     from dmedit.masks import feather_masks
-    from dmedit.video import composite, from_model_frames
+    from dmedit.fit import composite, from_model_frames
 
     edited = ((result_frames.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
     if request.out_size == "model":
@@ -281,7 +282,8 @@ def _write_bundle(*, request: RunRequest, output: Path, info, span, source, edit
     so a failed run leaves no half bundle behind."""
     from dmedit.masks import draw_preview
     from dmedit.report import plot_losses, write_json
-    from dmedit.video import side_by_side, to_model_frames, write_video
+    from dmedit.fit import side_by_side, to_model_frames
+    from dmedit.video import write_video
 
     audio = dict(audio_source=info.path if (request.audio and info.has_audio) else None,
                  audio_start=span.start_time, audio_duration=span.duration)

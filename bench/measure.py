@@ -158,7 +158,7 @@ def measure(*, live: LiveConfig, device: torch.device, peak_tflops: float | None
         name=config.name, series=config.series, model=config.model, width=config.width,
         height=config.height, latent=[config.width // 8, config.height // 8], frames=config.frames,
         dtype=config.dtype, autocast=config.autocast, checkpointing=config.checkpointing,
-        truncate_grad_pass=config.truncate_grad_pass, key_layers=list(session.key_layers),
+        key_layers=list(session.key_layers),
         attention_processors=sorted({type(p).__name__ for p in session.backend.unet.attn_processors.values()}),
         warmup=config.warmup, repeats=config.repeats,
         step_s=spread(samples=step_times), bare_s=spread(samples=bare_times),

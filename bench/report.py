@@ -2,13 +2,15 @@
 
 The file keeps its hand-written prose; only the text between `<!-- bench:NAME -->` and
 `<!-- /bench:NAME -->` markers is replaced. Blocks: `latest` (the newest full run of each
-machine, every figure), `changes` (the run labelled "before" against the one labelled "after") and
-`history` (headline figures of every results file, oldest first).
+machine, every figure), `changes` (the run labelled "before" against the one labelled "after"),
+`history` (headline figures of every results file, oldest first) and `threads` (every
+`python -m bench.threads` run, newest first, from bench/results/threads/*.json).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import math
 import re
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 HISTORY_CONFIGS = ("tiny-64-f8", "tiny-256-f8", "tiny-256-f24", "zeroscope-arch-small")
+THREADS_SUBDIR = "threads"
+"""Results of `python -m bench.threads`, in their own folder: they are not step benchmarks."""
 TEMPLATE = """# Benchmarks
 
 <!-- bench:latest -->
@@ -23,7 +27,22 @@ TEMPLATE = """# Benchmarks
 
 <!-- bench:history -->
 <!-- /bench:history -->
+
+## CPU threads under load
+
+<!-- bench:threads -->
+<!-- /bench:threads -->
 """
+
+
+def git_commit(*, root: Path) -> str:
+    """The short commit of the checkout at `root`, or "unknown"."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True)
+        return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def load_results(*, results_dir: Path) -> list[dict]:
@@ -175,6 +194,57 @@ def history_block(*, results: list[dict]) -> list[str]:
     return header + lines
 
 
+def threads_block(*, results_dir: Path) -> list[str]:
+    """Every thread-settings run, newest first: median wall time of the smoke run per setting, idle
+    and loaded, with the extremes in brackets, and the median time of its optimisation stage."""
+    runs = [json.loads(path.read_text(encoding="utf-8")) | {"file": path.name}
+            for path in sorted((results_dir / THREADS_SUBDIR).glob("*.json"))]
+    if not runs:
+        return ["No thread-settings run yet: `python -m bench.threads` writes one."]
+    lines: list[str] = []
+    for data in sorted(runs, key=lambda data: data["date"], reverse=True):
+        machine, load = data["machine"], data["load"]
+        chosen = ", ".join(f"{name}={value}" for name, value in data["chosen"].items()) or "nothing"
+        lines += [
+            f"### {machine['slug']}, {data['date']}" + (f" ({data['label']})" if data.get("label") else ""),
+            "",
+            (f"- Machine: CPU {machine['cpu']}, {machine['cpu_count']} cores, {machine['available_cpus']} in this "
+             f"process's affinity; Python {machine['python']}; dmedit commit {machine['commit']}"),
+            (f"- Command timed: `{data['smoke_command']}`, wall seconds of the whole process, median of "
+             f"{data['repeats']} runs [min–max]"),
+            f"- Loaded: {load['busy_processes']} busy processes (`{load['command']}`) running throughout",
+            (f"- Measured by `{data['command'].strip()}` ({data['seconds']:.0f} s); results file "
+             f"`bench/results/{THREADS_SUBDIR}/{data['file']}`; `configure_threads()` chose: {chosen}"),
+            "",
+            *_threads_table(records=data["records"]),
+            "",
+        ]
+    return lines[:-1]
+
+
+def _threads_table(*, records: list[dict]) -> list[str]:
+    by_setting: dict[str, dict[str, dict]] = {}
+    for record in records:
+        by_setting.setdefault(record["setting"], {})[record["condition"]] = record
+
+    def cell(record: dict | None) -> str:
+        return "–" if record is None else f"{_fmt(record['median_s'])} [{_fmt(record['min_s'])}–{_fmt(record['max_s'])}]"
+
+    def stage(record: dict | None) -> str:
+        return _fmt((record or {}).get("stage_medians_s", {}).get("optimise"))
+
+    lines = ["| setting | variables given | idle s | loaded s | loaded / idle | optimise stage s, idle → loaded |",
+             "|---|---|---|---|---|---|"]
+    for setting, conditions in by_setting.items():
+        idle, loaded = conditions.get("idle"), conditions.get("loaded")
+        variables = next(iter(conditions.values()))["variables"]
+        given = " ".join(f"{name}={value}" for name, value in variables.items()) or "none"
+        ratio = f"{loaded['median_s'] / idle['median_s']:.1f}x" if idle and loaded else "–"
+        lines.append(f"| {setting} | {given} | {cell(idle)} | {cell(loaded)} | {ratio} | "
+                     f"{stage(idle)} → {stage(loaded)} |")
+    return lines
+
+
 def replace_block(*, text: str, name: str, lines: list[str]) -> str:
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -191,4 +261,5 @@ def write_markdown(*, results_dir: Path, path: Path) -> None:
     text = replace_block(text=text, name="latest", lines=latest_block(results=results))
     text = replace_block(text=text, name="changes", lines=changes_block(results=results))
     text = replace_block(text=text, name="history", lines=history_block(results=results))
+    text = replace_block(text=text, name="threads", lines=threads_block(results_dir=results_dir))
     path.write_text(text, encoding="utf-8")

@@ -21,6 +21,7 @@ from dmedit.backends.text_to_video import TextToVideoBackend, load_text_to_video
 from dmedit.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
 from dmedit.config import EditConfig
 from dmedit.registry import load_registry
+from dmedit.settings import ModelSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # diffusers' default UNet3DConditionModel config with these three changes is ZeroScope v2's U-Net
@@ -38,8 +39,8 @@ class BenchConfig:
     model: "tiny" or "zeroscope-arch"; width/height: frame size in pixels (latents are 1/8);
     repeats: timed (step, bare) pairs after the untimed memory and FLOP calls and `warmup` more
     untimed pairs; wall_steps > 0 also times that many consecutive steps from a fresh state.
-    checkpointing ("block" / "layer") and truncate_grad_pass select the engine's speed levers
-    (dmedit.speed); key_layers None means the registry's; autocast ("bf16" / "fp16") runs step and
+    checkpointing ("block" / "layer") selects the engine's memory lever (dmedit.speed);
+    key_layers None means the registry's; autocast ("bf16" / "fp16") runs step and
     bare compute inside torch.autocast (with fp32 weights: dtype "fp32").
     """
 
@@ -54,7 +55,6 @@ class BenchConfig:
     warmup: int = 0
     wall_steps: int = 0
     checkpointing: str | None = None
-    truncate_grad_pass: bool = False
     key_layers: tuple[str, ...] | None = None
     autocast: str | None = None
 
@@ -74,10 +74,6 @@ class RandomLatentBackend:
     predict_noise = TextToVideoBackend.predict_noise
     add_noise = TextToVideoBackend.add_noise
 
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.alphas_cumprod.shape[0])
-
     def encode_video(self, *, frames: torch.Tensor) -> torch.Tensor:
         """(F,3,H,W) -> random (1,C,F,H/8,W/8) in `dtype` on `device`."""
         count, _, height, width = frames.shape
@@ -92,7 +88,10 @@ class RandomLatentBackend:
         return embeddings.to(self.device, self.dtype)
 
     def decode_latents(self, *, latents: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("the benchmark backend has no VAE")
+        """No VAE: (1,C,F,h,w) -> (F,3,8h,8w) float32 CPU in [-1,1], tanh of the first three latent
+        channels repeated over each 8x8 pixel block (a fixed stand-in with the protocol's shapes)."""
+        first = latents[0, :3].permute(1, 0, 2, 3).float()
+        return torch.tanh(first.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)).cpu()
 
 
 def zeroscope_unet(*, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -134,7 +133,7 @@ class BackendCache:
                 self._tiny_folder = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "tiny"
                 build_tiny_video_model(path=self._tiny_folder)
             return load_text_to_video(folder=self._tiny_folder, device=self.device, dtype=DTYPES[dtype],
-                                      vae_dtype=torch.float32)
+                                      vae_dtype=torch.float32, vae_chunk=ModelSettings.vae_chunk)
         if model == "zeroscope-arch":
             return RandomLatentBackend(unet=zeroscope_unet(device=self.device, dtype=DTYPES[dtype]),
                                        device=self.device, dtype=DTYPES[dtype],
@@ -182,12 +181,6 @@ def _half_mask(*, frames: int, height: int, width: int, device: torch.device) ->
     return mask
 
 
-def _levers(config: BenchConfig) -> dict[str, object]:
-    """The engine's speed options, passed only when on (so older engines run the default configs)."""
-    levers = dict(checkpointing=config.checkpointing, truncate_grad_pass=config.truncate_grad_pass)
-    return {name: value for name, value in levers.items() if value}
-
-
 def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
     """Prepare the real edit session for `config` (registry hyperparameters, half mask)."""
     backend = backends.get(model=config.model, dtype=config.dtype)
@@ -198,7 +191,7 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
         backend=backend, frames=frames,
         masks=_half_mask(frames=config.frames, height=config.height, width=config.width, device=backend.device),
         src_prompt=SRC_PROMPT, tgt_prompt=TGT_PROMPT, config=edit_config,
-        key_layers=config.key_layers or entry.key_layers, **_levers(config),
+        key_layers=config.key_layers or entry.key_layers, checkpointing=config.checkpointing,
     )
     bare, no_grad_frames, grad_frames = bare_compute(session=session)
     return LiveConfig(config=config, session=session, bare_compute=bare, bare_no_grad_frames=no_grad_frames,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
 
 NTSC = Fraction(30000, 1001)
+TIMESTAMP_TIME_BASE = Fraction(1, 90000)
 
 
 def shapes_frame(*, index: int, width: int, height: int) -> np.ndarray:
@@ -47,8 +49,17 @@ def make_clip(
     audio: bool = False,
     sample_rate: int = 44100,
     crf: int = 12,
+    rotation: int = 0,
+    timestamps: Sequence[float] | None = None,
+    x264_params: str | None = None,
 ) -> Path:
-    """Write a clip; `width`/`height` may be odd (the encoder pads nothing: yuv444p is used then)."""
+    """Write a clip; `width`/`height` may be odd (the encoder pads nothing: yuv444p is used then).
+
+    rotation: a display matrix turning the picture that many degrees counter-clockwise (what
+    players and ffprobe read; the pixels stay as shapes_frame draws them). timestamps: each frame's
+    presentation time in seconds (irregular spacing makes a variable-frame-rate clip). x264_params:
+    e.g. "keyint=12:open-gop=1". The container follows the suffix (.mp4, .mkv, .ts).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
@@ -57,18 +68,27 @@ def make_clip(
         odd = width % 2 or height % 2
         stream.pix_fmt = "yuv444p" if odd else "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if x264_params:
+            stream.options = {**stream.options, "x264-params": x264_params}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if timestamps is not None:
+            stream.codec_context.time_base = TIMESTAMP_TIME_BASE
         audio_stream = None
         if audio:
             audio_stream = container.add_stream("aac", rate=sample_rate)
             audio_stream.layout = "stereo"
         for index in range(frames):
             image = av.VideoFrame.from_ndarray(shapes_frame(index=index, width=width, height=height), format="rgb24")
+            if timestamps is not None:
+                image.pts = round(timestamps[index] / TIMESTAMP_TIME_BASE)
             for packet in stream.encode(image):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
         if audio_stream is not None:
-            _write_tone(container, audio_stream, seconds=float(frames / fps), sample_rate=sample_rate)
+            seconds = float(frames / fps) if timestamps is None else timestamps[frames - 1] + float(1 / fps)
+            _write_tone(container, audio_stream, seconds=seconds, sample_rate=sample_rate)
     return path
 
 

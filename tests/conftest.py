@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads libgomp (and inherited by the CLI processes the tests start): its default
-# busy-wait made tiny steps 60x slower (0.07 s -> 17 s) when other processes oversubscribed the
-# 2 cores; passive waiting costs 2.3x on an idle machine and keeps the suite's time predictable.
+# Before torch loads libgomp (and inherited by the CLI processes the tests start): the suite runs
+# beside other busy processes, where passive waiting keeps its time predictable. dmedit's own
+# default (threads.py: a short spin, GOMP_SPINCOUNT=1000) steps aside for a value set here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fractions import Fraction  # noqa: E402
@@ -54,11 +54,11 @@ def tiny_model_dir(hermetic_environment: Path) -> Path:
 def tiny_backend(tiny_model_dir: Path):
     """The tiny text-to-video model on the CPU in fp32 (64x64 frames -> 8x8 latents)."""
     from dmedit.backends.text_to_video import load_text_to_video
+    from dmedit.settings import ModelSettings
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    return load_text_to_video(
-        folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32
-    )
+    return load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                              vae_dtype=torch.float32, vae_chunk=ModelSettings.vae_chunk)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from dmedit.config import DtypeByDevice, ModelEntry
 from dmedit.errors import ModelError, UsageError
 
 TINY_KEYS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
+CPU = torch.device("cpu")
 
 
 def tiny_entry(**fields) -> ModelEntry:
@@ -48,7 +49,6 @@ def test_protocol_shapes(tiny_backend) -> None:
     decoded = tiny_backend.decode_latents(latents=latents)
     assert decoded.shape == frames.shape and decoded.dtype == torch.float32
     assert decoded.min() >= -1 and decoded.max() <= 1
-    assert tiny_backend.num_train_timesteps == 1000
 
 
 def test_add_noise_follows_the_schedule(tiny_backend) -> None:
@@ -75,8 +75,8 @@ def test_build_is_deterministic_and_loads_identically(tmp_path: Path) -> None:
     outputs = []
     for name in ("a", "b"):
         build_tiny_video_model(path=tmp_path / name)
-        backend = load_text_to_video(folder=tmp_path / name, device=torch.device("cpu"), dtype=torch.float32,
-                                     vae_dtype=torch.float32)
+        backend = load_text_to_video(folder=tmp_path / name, device=CPU, dtype=torch.float32,
+                                     vae_dtype=torch.float32, vae_chunk=8)
         torch.manual_seed(3)
         latents = torch.randn(1, 4, 2, 8, 8)
         embeddings = backend.encode_prompts(prompts=["a red car"])
@@ -85,7 +85,8 @@ def test_build_is_deterministic_and_loads_identically(tmp_path: Path) -> None:
 
 
 def test_an_entry_with_a_path_loads_through_the_registry_path(tiny_model_dir: Path) -> None:
-    backend = load_backend(entry=tiny_entry(path=str(tiny_model_dir)), device=torch.device("cpu"), dtype=torch.float32)
+    backend = load_backend(entry=tiny_entry(path=str(tiny_model_dir)), folder=tiny_model_dir, device=torch.device("cpu"),
+                           dtype=torch.float32, vae_chunk=8)
     assert backend.encode_video(frames=torch.zeros(1, 3, 64, 64)).shape == (1, 4, 1, 8, 8)
     assert not any(p.requires_grad for p in backend.unet.parameters())
 
@@ -93,7 +94,7 @@ def test_an_entry_with_a_path_loads_through_the_registry_path(tiny_model_dir: Pa
 def test_a_folder_without_the_layout_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(ModelError, match="missing"):
-        load_text_to_video(folder=tmp_path, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+        load_text_to_video(folder=tmp_path, device=CPU, dtype=torch.float32, vae_dtype=torch.float32, vae_chunk=8)
 
 
 def test_corrupt_weights_are_a_model_error(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -103,7 +104,7 @@ def test_corrupt_weights_are_a_model_error(tmp_path: Path, tiny_model_dir: Path)
     shutil.copytree(tiny_model_dir, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ModelError, match="cannot load"):
-        load_text_to_video(folder=broken, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+        load_text_to_video(folder=broken, device=CPU, dtype=torch.float32, vae_dtype=torch.float32, vae_chunk=8)
 
 
 def test_device_resolution_on_a_cpu_machine() -> None:
@@ -129,13 +130,30 @@ def test_dtype_resolution_follows_the_entry_per_device() -> None:
         resolve_dtype(name="int8", device=torch.device("cpu"), entry=entry)
 
 
+def _record_moves(module: torch.nn.Module, moves: list) -> None:
+    """Record every `module.to(...)` call (its first argument) in `moves`."""
+    original = module.to
+
+    def recording_to(*args, **kwargs):
+        moves.append(str(args[0]) if args else str(kwargs.get("device")))
+        return original(*args, **kwargs)
+
+    module.to = recording_to
+
+
 def test_offload_and_vae_chunks_change_nothing_but_where_modules_wait(tiny_model_dir: Path) -> None:
-    plain = load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
-                               vae_dtype=torch.float32)
-    lean = load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
-                              vae_dtype=torch.float32, vae_chunk=1, offload=True)
+    common = dict(folder=tiny_model_dir, device=CPU, dtype=torch.float32, vae_dtype=torch.float32)
+    plain = load_text_to_video(vae_chunk=8, **common)
+    lean = load_text_to_video(vae_chunk=1, offload=True, **common)
+    moves = {name: [] for name in ("plain_vae", "plain_text", "lean_vae", "lean_text")}
+    for backend, label in ((plain, "plain"), (lean, "lean")):
+        _record_moves(backend.vae, moves[f"{label}_vae"])
+        _record_moves(backend.text_encoder, moves[f"{label}_text"])
     frames = torch.rand(3, 3, 64, 64) * 2 - 1
     latents = plain.encode_video(frames=frames)
     assert torch.allclose(lean.encode_video(frames=frames), latents, atol=1e-5)
     assert torch.allclose(lean.decode_latents(latents=latents), plain.decode_latents(latents=latents), atol=1e-5)
     assert torch.equal(lean.encode_prompts(prompts=["a dog"]), plain.encode_prompts(prompts=["a dog"]))
+    assert moves["plain_vae"] == [] and moves["plain_text"] == [], "without offload nothing moves"
+    assert moves["lean_vae"] == ["cpu", "cpu"] * 2, "the VAE goes to the device for each use and back"
+    assert moves["lean_text"] == ["cpu", "cpu"]

@@ -53,6 +53,26 @@ def test_help_lists_exit_codes_and_panels() -> None:
     assert "130 interrupted" in top.output
 
 
+@pytest.mark.parametrize("command", ["run", "mask"])
+def test_help_shows_every_options_default(command: str) -> None:
+    import typer.main
+
+    result = runner.invoke(app, [command, "-h"], terminal_width=400, env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    rows = {next(word for word in line.split() if word.startswith("--")): line
+            for line in result.output.splitlines() if line.startswith("│ ") and " --" in line}
+    options = [param for param in typer.main.get_command(app).commands[command].params
+               if param.param_type_name == "option" and not param.is_flag and param.name != "help"]
+    assert len(options) > 8
+    for option in options:
+        name = max(option.opts, key=len)
+        assert name in rows, f"{name} is not in the help"
+        if not option.required:
+            assert "[default: " in rows[name], f"{name} hides its default: {rows[name]}"
+    assert "[default: zeroscope]" in rows["--model"]
+    assert ("IN.dmedit.mp4" if command == "run" else "(IN)") in rows["--output"]
+
+
 def test_probe_json_reports_the_exact_rate(ntsc_clip: Path) -> None:
     result = dmedit("probe", str(ntsc_clip), "--json")
     assert result.returncode == 0, result.stderr
@@ -99,7 +119,8 @@ def test_run_default_output_name_model_size_and_quiet(tmp_path: Path) -> None:
     result = dmedit("run", str(source), "--src", "a", "--tgt", "b", "--model", "tiny", "--steps", "2",
                     "--frames", "4", "--mask", "full", "--out-size", "model", "--no-audio", "-q")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "" and result.stdout == ""
+    assert result.stderr == "", "quiet: nothing on stderr"
+    assert result.stdout == f"{tmp_path / 'clip.dmedit.mp4'}\n", "the written path on stdout, for scripts"
     facts = streams(tmp_path / "clip.dmedit.mp4")
     assert (facts["width"], facts["height"]) == (64, 64) and facts["rate"] == 25 and not facts["audio"]
 

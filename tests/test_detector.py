@@ -101,7 +101,7 @@ def test_boxes_are_clipped_to_the_frame_and_labelled_by_their_best_phrase() -> N
 def test_boxes_are_in_source_pixels_with_labels_from_the_prompt(
     detector: GroundingDinoDetector, frames: np.ndarray
 ) -> None:
-    found = detector.detect(frames=frames, prompt=PROMPT, box_threshold=0.0, text_threshold=0.0, batch_size=2)
+    found = detector.run(frames=frames, prompt=PROMPT, box_threshold=0.0, text_threshold=0.0, batch_size=2).detections
     assert len(found) == len(frames)
     boxes = np.array([d.box for frame in found for d in frame])
     assert all(d.frame == index for index, frame in enumerate(found) for d in frame)
@@ -114,8 +114,8 @@ def test_boxes_are_in_source_pixels_with_labels_from_the_prompt(
 
 
 def test_batch_size_does_not_change_the_detections(detector: GroundingDinoDetector, frames: np.ndarray) -> None:
-    batched = detector.detect(frames=frames, prompt=PROMPT, box_threshold=0.3, text_threshold=0.2, batch_size=8)
-    single = detector.detect(frames=frames, prompt=PROMPT, box_threshold=0.3, text_threshold=0.2, batch_size=1)
+    batched = detector.run(frames=frames, prompt=PROMPT, box_threshold=0.3, text_threshold=0.2, batch_size=8).detections
+    single = detector.run(frames=frames, prompt=PROMPT, box_threshold=0.3, text_threshold=0.2, batch_size=1).detections
     assert [[d.label for d in frame] for frame in batched] == [[d.label for d in frame] for frame in single]
     for frame_batched, frame_single in zip(batched, single):
         for one, other in zip(frame_batched, frame_single):
@@ -128,7 +128,7 @@ def test_box_threshold_filters_scores(detector: GroundingDinoDetector, frames: n
     assert all(len(frame) > 0 for frame in everything.detections)
     assert everything.best_score == pytest.approx(scores.max(), abs=1e-6)
     middle = float(np.median(scores))
-    some = detector.detect(frames=frames, prompt=PROMPT, box_threshold=middle, text_threshold=0.0)
+    some = detector.run(frames=frames, prompt=PROMPT, box_threshold=middle, text_threshold=0.0).detections
     kept = [d.score for frame in some for d in frame]
     assert kept and all(score > middle for score in kept) and len(kept) < len(scores)
     nothing = detector.run(frames=frames, prompt=PROMPT, box_threshold=1.0, text_threshold=0.0)
@@ -137,7 +137,7 @@ def test_box_threshold_filters_scores(detector: GroundingDinoDetector, frames: n
 
 
 def test_text_threshold_one_keeps_no_box(detector: GroundingDinoDetector, frames: np.ndarray) -> None:
-    found = detector.detect(frames=frames[:2], prompt=PROMPT, box_threshold=0.0, text_threshold=1.0)
+    found = detector.run(frames=frames[:2], prompt=PROMPT, box_threshold=0.0, text_threshold=1.0).detections
     assert found == [[], []]
 
 

@@ -4,6 +4,7 @@ masking, ablations, call counts, frozen models, seeds, checkpoints and resume.""
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import torch
 from dmedit import editor
 from dmedit.config import EditConfig
 from dmedit.errors import InterruptedRun, ModelError, UsageError
-from dmedit.losses import cfg_noise
+from dmedit.attention import capture_keys
+from dmedit.losses import cfg_noise, spatial_ssm_loss, temporal_ssm_loss
 
 KEY_LAYERS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 SRC, TGT = "a grey car on a road", "a red car on a road"
@@ -58,10 +60,10 @@ def _twin(session: editor.EditSession, state: editor.EditState) -> editor.EditSt
 
 def test_equal_prompts_at_the_source_give_zero_gradient_and_losses(tiny_backend, frames):
     session = _session(tiny_backend, frames, src=SRC, tgt=SRC)
-    step = editor.evaluate_step(session=session, state=editor.new_state(session=session))
+    step = editor.step_losses(session=session, state=editor.new_state(session=session))
     assert step.dds_grad.abs().max().item() < 1e-4
-    assert set(step.losses) == {"spatial", "temporal"}
-    assert all(loss.item() < 1e-6 for loss in step.losses.values())
+    assert set(step.losses) == {"dds", "spatial", "temporal"}
+    assert step.losses["spatial"].item() < 1e-6 and step.losses["temporal"].item() < 1e-6
 
 
 @pytest.mark.parametrize("ssm_keys, ssm_weight", [("conditional", 1.0), ("unconditional", 1.0), ("conditional", 0.0)])
@@ -71,7 +73,7 @@ def test_dds_grad_equals_masked_guidance_difference_of_four_single_calls(
                        lambda_spatial=ssm_weight, lambda_temporal=ssm_weight)
     state = editor.new_state(session=session)
     _perturb(state)
-    step = editor.evaluate_step(session=session, state=state)
+    step = editor.step_losses(session=session, state=state)
 
     timesteps = step.t.cpu()
     null, src, tgt = tiny_backend.encode_prompts(prompts=["", SRC, TGT]).split(1)
@@ -96,7 +98,7 @@ def test_update_is_sgd_on_weighted_gradient_sum(tiny_backend, frames):
     state = editor.new_state(session=session)
     _perturb(state)
     twin = _twin(session, state)
-    step = editor.evaluate_step(session=session, state=twin)
+    step = editor.step_losses(session=session, state=twin)
     ssm = 0.5 * step.losses["spatial"] + 3.0 * step.losses["temporal"]
     expected = twin.latents.detach() - 0.1 * (2.0 * step.dds_grad + torch.autograd.grad(ssm, twin.latents)[0])
     terms = editor.run_step(session=session, state=state)
@@ -104,6 +106,58 @@ def test_update_is_sgd_on_weighted_gradient_sum(tiny_backend, frames):
     assert terms["t"] == float(step.t)
     assert terms["dds"] == pytest.approx(step.dds_grad.square().mean().item(), rel=1e-5)
     assert state.step == 1 and state.history["spatial"] == [terms["spatial"]]
+
+
+def _independent_step(backend, frames, mask, latents, config: EditConfig) -> torch.Tensor:
+    """x(θ) after one SGD step, computed without the editor: the same draws of t and ε, six single
+    (unbatched) U-Net calls, keys captured per call, the gradient dds_scale·g + ∇(λ_S·L_S + λ_T·L_T)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    t = torch.randint(config.t_min, config.t_max + 1, (1,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    null, src, tgt = backend.encode_prompts(prompts=["", SRC, TGT]).split(1)
+    x = latents.clone().requires_grad_(True)
+    x_t = backend.add_noise(latents=x, noise=noise, timesteps=t)
+    source_t = backend.add_noise(latents=backend.encode_video(frames=frames).float(), noise=noise, timesteps=t)
+
+    def eps(latents_t, text, grad=False):
+        with torch.set_grad_enabled(grad), capture_keys(unet=backend.unet, patterns=KEY_LAYERS) as store:
+            prediction = backend.predict_noise(latents=latents_t, timesteps=t, text_embeddings=text)
+        return prediction, store.layers()
+
+    target_cond, target_keys = eps(x_t, tgt, grad=True)
+    source_cond, source_keys = eps(source_t, src)
+    target = cfg_noise(uncond=eps(x_t.detach(), null)[0], cond=target_cond.detach(), guidance_scale=config.guidance_scale)
+    source = cfg_noise(uncond=eps(source_t, null)[0], cond=source_cond, guidance_scale=config.guidance_scale)
+    g = (target - source) * mask
+    ssm = (config.lambda_spatial * spatial_ssm_loss(target_keys=target_keys, source_keys=source_keys)
+           + config.lambda_temporal * temporal_ssm_loss(target_keys=target_keys, source_keys=source_keys))
+    gradient = config.dds_scale * g + torch.autograd.grad(ssm, x)[0]
+    return latents - config.learning_rate * gradient
+
+
+def test_one_step_equals_an_independent_unbatched_computation(tiny_backend, frames, half_mask):
+    config = EditConfig(learning_rate=0.2, dds_scale=3.0, lambda_spatial=40.0, lambda_temporal=70.0, seed=3)
+    session = editor.prepare(backend=tiny_backend, frames=frames, masks=half_mask, src_prompt=SRC, tgt_prompt=TGT,
+                             config=config, key_layers=KEY_LAYERS)
+    state = editor.new_state(session=session)
+    start = state.latents.detach().clone()
+    editor.run_step(session=session, state=state)
+    expected = _independent_step(tiny_backend, frames, half_mask, start, config)
+    moved = (expected - start).abs().max()
+    assert moved > 1e-3, "the step moves the latents"
+    assert torch.allclose(state.latents.detach(), expected, atol=1e-5 * max(1.0, moved.item()))
+
+
+def test_sum_reduction_sums_what_mean_averages(tiny_backend, frames):
+    summed = _session(tiny_backend, frames, ssm_reduction="sum")
+    averaged = _session(tiny_backend, frames)
+    twins = [editor.new_state(session=session) for session in (summed, averaged)]
+    for state in twins:
+        _perturb(state)
+    by_sum, by_mean = (editor.step_losses(session=s, state=st).losses for s, st in zip((summed, averaged), twins))
+    # two key layers on the full 8x8 latent grid (64 positions) over 4 frames: 4*64*64 entries each
+    assert by_sum["spatial"].item() == pytest.approx(by_mean["spatial"].item() * 2 * FRAMES * 64 * 64, rel=1e-4)
+    assert by_sum["temporal"].item() == pytest.approx(by_mean["temporal"].item() * 2 * FRAMES * FRAMES, rel=1e-4)
 
 
 def test_mask_keeps_latents_outside_bit_identical_without_ssm(tiny_backend, frames, half_mask):
@@ -129,10 +183,10 @@ def test_use_mask_false_edits_the_whole_frame(tiny_backend, frames, half_mask):
 def test_ssm_losses_start_at_zero_and_their_gradients_reach_the_latents(tiny_backend, frames, ssm_keys, tgt):
     session = _session(tiny_backend, frames, tgt=tgt, ssm_keys=ssm_keys)
     state = editor.new_state(session=session)
-    start = editor.evaluate_step(session=session, state=state)
+    start = editor.step_losses(session=session, state=state)
     assert start.losses["spatial"].item() < 1e-6 and start.losses["temporal"].item() < 1e-6
     _perturb(state)
-    step = editor.evaluate_step(session=session, state=state)
+    step = editor.step_losses(session=session, state=state)
     for name in ("spatial", "temporal"):
         assert step.losses[name].item() > 1e-6
         (gradient,) = torch.autograd.grad(step.losses[name], state.latents, retain_graph=True)
@@ -200,16 +254,17 @@ def test_resume_after_a_stop_equals_an_unbroken_run(tiny_backend, frames, half_m
     unbroken = _edit(tiny_backend, frames, half_mask, **options)
     asked = []
 
-    def stop_after_two() -> bool:
+    def stop_after_two() -> int:
         asked.append(True)
-        return len(asked) >= 2
+        return signal.SIGTERM if len(asked) >= 2 else 0
 
     with pytest.raises(InterruptedRun, match="--resume") as error:
-        _edit(tiny_backend, frames, half_mask, checkpoint_dir=tmp_path, stop_requested=stop_after_two, **options)
-    assert "step 2/4" in str(error.value)
+        _edit(tiny_backend, frames, half_mask, checkpoint=tmp_path / "checkpoint.pt", stop_requested=stop_after_two,
+              **options)
+    assert "terminated after step 2/4" in str(error.value) and error.value.exit_code == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     steps_seen = []
-    resumed = _edit(tiny_backend, frames, half_mask, checkpoint_dir=tmp_path, resume=True,
+    resumed = _edit(tiny_backend, frames, half_mask, checkpoint=tmp_path / "checkpoint.pt", resume=True,
                     on_step=lambda index, terms: steps_seen.append(index), **options)
     assert steps_seen == [2, 3]
     assert torch.equal(resumed.latents, unbroken.latents)
@@ -219,21 +274,21 @@ def test_resume_after_a_stop_equals_an_unbroken_run(tiny_backend, frames, half_m
 
 def test_resume_may_extend_the_step_count(tiny_backend, frames, tmp_path):
     unbroken = _edit(tiny_backend, frames, steps=3)
-    _edit(tiny_backend, frames, steps=2, checkpoint_every=2, checkpoint_dir=tmp_path)
-    extended = _edit(tiny_backend, frames, steps=3, checkpoint_dir=tmp_path, resume=True)
+    _edit(tiny_backend, frames, steps=2, checkpoint=tmp_path / "checkpoint.pt")
+    extended = _edit(tiny_backend, frames, steps=3, checkpoint=tmp_path / "checkpoint.pt", resume=True)
     assert torch.equal(extended.latents, unbroken.latents)
 
 
 @pytest.mark.parametrize("change", [dict(tgt="a blue car"), dict(learning_rate=0.3), dict(seed=1)])
 def test_resume_refuses_a_checkpoint_from_another_run(tiny_backend, frames, tmp_path, change):
-    _edit(tiny_backend, frames, steps=1, checkpoint_every=1, checkpoint_dir=tmp_path)
+    _edit(tiny_backend, frames, steps=1, checkpoint=tmp_path / "checkpoint.pt")
     with pytest.raises(UsageError, match="different run"):
-        _edit(tiny_backend, frames, steps=2, checkpoint_dir=tmp_path, resume=True, **change)
+        _edit(tiny_backend, frames, steps=2, checkpoint=tmp_path / "checkpoint.pt", resume=True, **change)
 
 
 def test_resume_without_checkpoint_is_a_usage_error(tiny_backend, frames, tmp_path):
     with pytest.raises(UsageError, match="no checkpoint"):
-        _edit(tiny_backend, frames, steps=1, checkpoint_dir=tmp_path, resume=True)
+        _edit(tiny_backend, frames, steps=1, checkpoint=tmp_path / "checkpoint.pt", resume=True)
 
 
 def test_nan_from_the_model_is_a_model_error(tiny_backend, frames, monkeypatch):
@@ -245,7 +300,7 @@ def test_nan_from_the_model_is_a_model_error(tiny_backend, frames, monkeypatch):
         return output
 
     monkeypatch.setattr(tiny_backend.unet, "forward", nan_forward)
-    with pytest.raises(ModelError, match="NaN at step 1; try --dtype fp32"):
+    with pytest.raises(ModelError, match=r"NaN/inf latents at step 1; nothing was written \(lower --lr"):
         _edit(tiny_backend, frames, steps=2)
 
 
@@ -268,9 +323,9 @@ def test_activation_checkpointing_changes_memory_not_the_edit(tiny_backend, fram
 
 
 def test_resume_refuses_a_checkpoint_past_the_requested_steps(tiny_backend, frames, tmp_path):
-    _edit(tiny_backend, frames, steps=3, checkpoint_every=3, checkpoint_dir=tmp_path)
+    _edit(tiny_backend, frames, steps=3, checkpoint=tmp_path / "checkpoint.pt")
     with pytest.raises(UsageError, match="past --steps 2"):
-        _edit(tiny_backend, frames, steps=2, checkpoint_dir=tmp_path, resume=True)
+        _edit(tiny_backend, frames, steps=2, checkpoint=tmp_path / "checkpoint.pt", resume=True)
 
 
 def test_the_registry_defaults_move_the_masked_latents(tiny_backend, frames, half_mask):

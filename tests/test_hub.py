@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
+import socket
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -18,6 +21,9 @@ from dmedit.errors import ModelError, UsageError
 from dmedit.registry import load_registry
 
 ZEROSCOPE_REVISION = "1f35e3dc3350d649f342bb7618fe34ac8fae5c9e"
+PROXY_VARIABLES = (
+    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
+)
 FAKE_BUILDERS_MODULE = "dmedit_test_fake_builders"
 
 MODELSCOPE_LISTING = [
@@ -42,6 +48,8 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("DMEDIT_CACHE", str(tmp_path / "dmedit-cache"))
     monkeypatch.delenv("DMEDIT_MODELS", raising=False)
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(platformdirs, "user_config_dir", lambda *args, **kwargs: str(tmp_path / "user-config"))
     return tmp_path / "hf-home" / "hub"
 
@@ -68,6 +76,19 @@ def fake_builder(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     monkeypatch.setitem(hub.BUILDERS, "tiny-t2v", f"{FAKE_BUILDERS_MODULE}:build_video")
     monkeypatch.setitem(hub.BUILDERS, "tiny-grounding-dino", f"{FAKE_BUILDERS_MODULE}:build_detector")
     return types.SimpleNamespace(module=module, calls=calls)
+
+
+@pytest.fixture()
+def reachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pull` goes straight to huggingface_hub (replaced by fakes in the test): no reachability check."""
+    monkeypatch.setattr(hub, "check_hub_reachable", lambda *, label: None)
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def video_entry(**changes) -> ModelEntry:
@@ -149,7 +170,7 @@ def test_pull_offline_fails_with_model_error_naming_model_and_repo() -> None:
     assert "offline" in message and "\n" not in message
 
 
-def test_pull_network_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pull_network_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch, reachable_hub: None) -> None:
     import huggingface_hub
 
     def unreachable(self, repo_id, **kwargs):
@@ -167,13 +188,18 @@ def test_pull_network_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch) 
     )
 
 
-def test_pull_fetches_variant_weights_into_the_hub_cache(offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pull_fetches_variant_weights_into_the_hub_cache(
+    offline_hub: Path, monkeypatch: pytest.MonkeyPatch, reachable_hub: None,
+) -> None:
     import huggingface_hub
+    from huggingface_hub.utils import logging as hub_logging
 
     requests = []
+    verbosity_before = hub_logging.get_verbosity()
 
     def listing(self, repo_id, *, revision=None, **kwargs):
         requests.append(("list", repo_id, revision))
+        assert hub_logging.get_verbosity() == logging.ERROR  # no "Retrying in 1s" warnings on stderr
         return MODELSCOPE_LISTING
 
     def download(repo_id, *, revision, cache_dir, allow_patterns, **kwargs):
@@ -199,6 +225,52 @@ def test_pull_fetches_variant_weights_into_the_hub_cache(offline_hub: Path, monk
     ]
     assert {"model_index.json", "tokenizer/merges.txt", "tokenizer/vocab.json", "unet/config.json"} <= set(patterns)
     assert not any(name.endswith((".bin", ".md", ".gitattributes")) for name in patterns)
+    assert hub_logging.get_verbosity() == verbosity_before
+
+
+def test_unreachable_hub_is_one_line_naming_host_and_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}/")
+    with pytest.raises(ModelError) as caught:
+        hub.check_hub_reachable(label="model 'zeroscope'")
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach 127.0.0.1:{port} (Connection refused) to pull model 'zeroscope'; ")
+    assert "\n" not in message and "proxy" in message
+
+    with socket.socket() as server:  # a listening socket accepts the connection (backlog) without serving
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        hub.check_hub_reachable(label="model 'zeroscope'")
+
+
+def test_with_a_proxy_the_proxy_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelError, match=rf"^cannot reach the proxy 127\.0\.0\.1:{port} \(Connection refused\)"):
+        hub.check_hub_reachable(label="model 'zeroscope'")
+
+    with socket.socket() as server:  # NO_PROXY exempts the endpoint: connected directly, proxy unused
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        hub.check_hub_reachable(label="model 'zeroscope'")
+
+
+def test_models_pull_without_network_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    """A real process against a closed port: no retry storm on stderr, one line, exit 4."""
+    environ = {name: value for name, value in os.environ.items()
+               if name not in (*hub.OFFLINE_ENVS, *PROXY_VARIABLES)}
+    environ["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    done = subprocess.run([sys.executable, "-m", "dmedit", "models", "pull", "zeroscope"], capture_output=True,
+                          text=True, env=environ, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 4, done.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got: {done.stderr!r}"
+    assert "Connection refused" in lines[0] and "'zeroscope'" in lines[0]
 
 
 def test_select_repo_files_without_variant_and_with_shards() -> None:

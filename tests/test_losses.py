@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
+from dmedit import losses
 from dmedit.losses import (
     cfg_noise,
     dds_grad,
+    dds_surrogate,
     spatial_self_similarity,
     spatial_ssm_loss,
     temporal_self_similarity,
@@ -49,6 +51,24 @@ def test_ssm_losses_match_hand_computed_means():
     assert temporal.item() == pytest.approx(temporal_expected, abs=1e-6)
 
 
+def test_sum_reduction_matches_hand_computed_sums_over_entries_and_layers():
+    spatial_expected = 2.0 + 2.0 * (1.0 - HALF_SQRT2) ** 2
+    temporal_expected = 2.0 * 0.9
+    two = dict(target_keys=[TARGET_KEYS, TARGET_KEYS], source_keys=[SOURCE_KEYS, SOURCE_KEYS], reduction="sum")
+    assert spatial_ssm_loss(**two).item() == pytest.approx(2 * spatial_expected, abs=1e-5)
+    assert temporal_ssm_loss(**two).item() == pytest.approx(2 * temporal_expected, abs=1e-5)
+    with pytest.raises(ValueError):
+        spatial_ssm_loss(target_keys=[TARGET_KEYS], source_keys=[SOURCE_KEYS], reduction="max")
+
+
+def test_dds_surrogate_has_the_dds_gradient():
+    generator = torch.Generator().manual_seed(4)
+    grad = torch.randn(1, 4, 2, 3, 3, generator=generator)
+    latents = torch.randn(1, 4, 2, 3, 3, generator=generator, requires_grad=True)
+    (gradient,) = torch.autograd.grad(dds_surrogate(grad=grad, latents=latents), latents)
+    assert torch.equal(gradient, grad)
+
+
 def test_losses_average_over_layers():
     same = [TARGET_KEYS, TARGET_KEYS]
     mixed = [SOURCE_KEYS, TARGET_KEYS]
@@ -66,13 +86,25 @@ def test_losses_are_zero_for_equal_keys_and_ignore_key_length():
 
 
 @pytest.mark.parametrize("frame_chunk", [1, 2, 5])
-def test_chunked_spatial_loss_and_gradient_equal_the_unchunked_formula(frame_chunk):
+def test_chunked_spatial_loss_and_gradient_equal_the_unchunked_formula(frame_chunk, monkeypatch):
     generator = torch.Generator().manual_seed(2)
-    layers_target = [torch.randn(5, 12, 6, generator=generator) for _ in range(2)]
-    layers_source = [torch.randn(5, 12, 6, generator=generator) for _ in range(2)]
+    # 6 positions of 12 channels: C >= HW, so the chunked HW x HW path runs (not the Gram form).
+    layers_target = [torch.randn(5, 6, 12, generator=generator) for _ in range(2)]
+    layers_source = [torch.randn(5, 6, 12, generator=generator) for _ in range(2)]
     leaves = [layer.clone().requires_grad_(True) for layer in layers_target]
+    chunk_sizes = []
+    real_chunk = losses._spatial_squared_error_sum
+
+    def counted_chunk(target, source):
+        chunk_sizes.append(target.shape[0])
+        return real_chunk(target, source)
+
+    monkeypatch.setattr(losses, "_spatial_squared_error_sum", counted_chunk)
     chunked = spatial_ssm_loss(target_keys=leaves, source_keys=layers_source, frame_chunk=frame_chunk)
     chunked_grads = torch.autograd.grad(chunked, leaves)
+    forward_chunks = [min(frame_chunk, 5 - start) for start in range(0, 5, frame_chunk)]
+    assert chunk_sizes[: 2 * len(forward_chunks)] == forward_chunks * 2, "each layer runs chunk by chunk"
+    monkeypatch.undo()
 
     reference_leaves = [layer.clone().requires_grad_(True) for layer in layers_target]
     reference = torch.stack([

@@ -1,17 +1,18 @@
-"""masks.py: box rasterisation, gap filling, smoothing, dilation, feathering, user masks, latent grid."""
+"""masks.py: box rasterisation, gap filling, smoothing, dilation, feathering, latent grid, the EditMask
+and its forms, mask bounds (user mask files: test_mask_files.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
-import cv2
 import numpy as np
 import pytest
+import torch
 
 from dmedit.backends.grounding_dino import Detection, DetectionRun
 from dmedit.errors import InputError
+from dmedit.fit import FitMapping, to_model_frames
 from dmedit.masks import (
+    EditMask,
+    MaskResult,
     boxes_to_masks,
     detect_masks,
     dilate_boxes,
@@ -19,9 +20,8 @@ from dmedit.masks import (
     feather_masks,
     fill_missing_boxes,
     full_masks,
-    load_user_masks,
+    mask_bounds,
     masks_to_latent_grid,
-    save_mask_pngs,
     smooth_boxes,
 )
 
@@ -127,81 +127,6 @@ def test_feathering_a_full_mask_keeps_it_full() -> None:
     np.testing.assert_array_equal(feather_masks(masks=full, pixels=3), full)
 
 
-def test_single_png_is_used_for_every_frame_and_resized_nearest(tmp_path: Path) -> None:
-    image = np.zeros((20, 30), dtype=np.uint8)
-    image[0:10, 0:15] = 7
-    cv2.imwrite(str(tmp_path / "mask.png"), image)
-    masks = load_user_masks(path=tmp_path / "mask.png", frames=3, width=60, height=40)
-    expected = np.zeros((40, 60), dtype=np.float32)
-    expected[0:20, 0:30] = 1
-    assert masks.shape == (3, 40, 60)
-    for mask in masks:
-        np.testing.assert_array_equal(mask, expected)
-
-
-def test_folder_of_pngs_reads_one_mask_per_frame_in_name_order(tmp_path: Path) -> None:
-    for number in (1, 2, 10):
-        image = np.zeros((8, 8, 3), dtype=np.uint8)
-        image[0, number % 8] = (0, 0, 255)
-        cv2.imwrite(str(tmp_path / f"frame{number}.png"), image)
-    masks = load_user_masks(path=tmp_path, frames=3, width=8, height=8)
-    assert [int(np.argmax(mask[0])) for mask in masks] == [1, 2, 2]
-    assert masks.sum() == 3
-
-
-def test_mask_video_is_read_at_native_size_then_resized(tmp_path: Path) -> None:
-    path = tmp_path / "mask.mp4"
-    expected = np.zeros((4, 48, 64), dtype=np.float32)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"crf": "0"}
-        for index in range(4):
-            frame = np.zeros((48, 64, 3), dtype=np.uint8)
-            frame[8:24, 8 + 8 * index : 24 + 8 * index] = 255
-            expected[index, 8:24, 8 + 8 * index : 24 + 8 * index] = 1
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    masks = load_user_masks(path=path, frames=4, width=32, height=24)
-    assert masks.shape == (4, 24, 32)
-    np.testing.assert_array_equal(masks, expected[:, ::2, ::2])
-    with pytest.raises(InputError, match=r"4 mask video frames.*6 frames"):
-        load_user_masks(path=path, frames=6, width=32, height=24)
-
-
-def test_frame_count_mismatch_names_both_counts_and_the_path(tmp_path: Path) -> None:
-    save_mask_pngs(masks=np.ones((2, 4, 4)), folder=tmp_path / "masks")
-    with pytest.raises(InputError) as caught:
-        load_user_masks(path=tmp_path / "masks", frames=5, width=4, height=4)
-    message = str(caught.value)
-    assert "2 mask images" in message and "5 frames" in message and str(tmp_path / "masks") in message
-
-
-def test_unreadable_or_missing_mask_raises_input_error(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not a png at all")
-    with pytest.raises(InputError, match="broken.png"):
-        load_user_masks(path=broken, frames=2, width=4, height=4)
-    with pytest.raises(InputError, match="not found"):
-        load_user_masks(path=tmp_path / "absent.png", frames=2, width=4, height=4)
-    garbage_video = tmp_path / "broken.mp4"
-    garbage_video.write_bytes(b"\x00" * 64)
-    with pytest.raises(InputError, match="broken.mp4"):
-        load_user_masks(path=garbage_video, frames=2, width=4, height=4)
-
-
-def test_saved_pngs_load_back_identically_and_stale_ones_are_removed(tmp_path: Path) -> None:
-    masks = boxes_to_masks(boxes=[[(1, 1, 5, 4)], [(2, 0, 7, 3)], [], [(0, 0, 9, 6)]], width=9, height=6)
-    paths = save_mask_pngs(masks=masks, folder=tmp_path / "out")
-    assert [p.name for p in paths] == ["00000.png", "00001.png", "00002.png", "00003.png"]
-    assert set(np.unique(cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED))) == {0, 255}
-    np.testing.assert_array_equal(load_user_masks(path=tmp_path / "out", frames=4, width=9, height=6), masks)
-    save_mask_pngs(masks=masks[:2], folder=tmp_path / "out")
-    np.testing.assert_array_equal(load_user_masks(path=tmp_path / "out", frames=2, width=9, height=6), masks[:2])
-
-
 def test_a_single_edited_pixel_marks_exactly_its_latent_cell() -> None:
     masks = np.zeros((3, 32, 48), dtype=np.float32)
     masks[1, 13, 22] = 0.2
@@ -280,3 +205,102 @@ def test_preview_tints_the_mask_and_draws_the_labelled_box() -> None:
     np.testing.assert_array_equal(preview[0, 30:50, 40:70], preview[0, 40:41, 55:56].repeat(20, 0).repeat(30, 1))
     assert not np.array_equal(preview[1, :30], frames[1, :30])
     assert not np.array_equal(preview[1, 30, 40:70], preview[0, 30, 40:70])
+
+
+def crop_mapping(*, frames: int = 3, width: int = 40, height: int = 20, fit: str = "crop") -> FitMapping:
+    """40x20 source to a 16x16 model: crop keeps the centred source columns 10..29."""
+    return to_model_frames(frames=np.zeros((frames, height, width, 3), np.uint8), width=16, height=16, fit=fit)[1]
+
+
+def test_a_mask_entirely_left_of_the_centred_crop_is_all_outside_and_empty_at_model_size() -> None:
+    mapping = crop_mapping()
+    assert mapping.source_box == (10, 0, 20, 20)
+    source = np.zeros((3, 20, 40), np.float32)
+    source[:, 5:15, 0:10] = 1
+    mask = EditMask(source=source, mapping=mapping, origin="file")
+    assert mask.outside_fraction() == 1.0
+    model = mask.model()
+    assert model.shape == (3, 16, 16) and model.dtype == np.float32 and model.max() == 0.0
+    assert mask.latent(latent_height=2, latent_width=2).sum() == 0
+    assert mask.coverage() == pytest.approx(3 * 10 * 10 / (3 * 20 * 40))
+
+
+def test_a_mask_inside_the_crop_maps_to_a_binary_model_mask_and_its_latent_cells() -> None:
+    mapping = crop_mapping()
+    source = np.zeros((3, 20, 40), np.float32)
+    source[1, 4:12, 14:26] = 1  # crop columns 4..15 -> model columns 3.2..12.8; rows 3.2..9.6
+    mask = EditMask(source=source, mapping=mapping, origin="detected")
+    assert mask.outside_fraction() == 0.0
+    model = mask.model()
+    expected = np.zeros((3, 16, 16), np.float32)
+    expected[1, 3:10, 3:13] = 1  # every model pixel the object touches, fully or partly
+    np.testing.assert_array_equal(model, expected)
+    latent = mask.latent(latent_height=4, latent_width=4)  # 4x4 model pixels per cell
+    assert tuple(latent.shape) == (1, 1, 3, 4, 4) and latent.dtype == torch.float32
+    np.testing.assert_array_equal(latent[0, 0, 1].numpy(), [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    assert latent[0, 0, 0].sum() == 0 and latent[0, 0, 2].sum() == 0
+
+
+def test_outside_fraction_counts_the_share_a_crop_drops() -> None:
+    source = np.zeros((2, 20, 40), np.float32)
+    source[0, 0:4, 5:15] = 1  # 5 of 10 columns outside (0..9)
+    source[1, 0:4, 27:37] = 1  # 7 of 10 columns outside (30..39)
+    mask = EditMask(source=source, mapping=crop_mapping(frames=2), origin="file")
+    assert mask.outside_fraction() == pytest.approx((5 + 7) / 20)
+    padded = EditMask(source=source, mapping=crop_mapping(frames=2, fit="pad"), origin="file")
+    assert padded.outside_fraction() == 0.0, "pad keeps the whole source"
+
+
+def test_pad_mapping_keeps_the_letterbox_bars_out_of_a_full_mask() -> None:
+    mapping = crop_mapping(fit="pad")
+    assert mapping.model_box == (0, 4, 16, 8)
+    model = EditMask(source=full_masks(frames=3, width=40, height=20), mapping=mapping, origin="full").model()
+    assert model[:, 4:12].min() == 1.0 and model[:, :4].max() == 0.0 and model[:, 12:].max() == 0.0
+
+
+def test_feathered_blurs_the_source_size_mask() -> None:
+    source = np.zeros((2, 20, 40), np.float32)
+    source[:, 5:15, 10:30] = 1
+    mask = EditMask(source=source, mapping=crop_mapping(frames=2), origin="file")
+    feathered = mask.feathered(pixels=3)
+    assert feathered.shape == (2, 20, 40) and feathered.dtype == np.float32
+    np.testing.assert_array_equal(feathered, feather_masks(masks=source, pixels=3))
+    assert ((feathered > 0) & (feathered < 1)).any()
+    np.testing.assert_array_equal(mask.feathered(pixels=0), source)
+
+
+def test_an_empty_mask_has_no_coverage_nothing_outside_and_no_bounds() -> None:
+    mask = EditMask(source=np.zeros((2, 20, 40), np.float32), mapping=crop_mapping(frames=2), origin="file")
+    assert mask.coverage() == 0.0 and mask.outside_fraction() == 0.0
+    assert mask.to_dict() == {"origin": "file", "coverage": 0.0, "outside_fraction": 0.0, "frames": 2}
+    assert mask_bounds(masks=mask.source) is None
+
+
+def test_to_dict_reports_origin_coverage_outside_share_and_frames() -> None:
+    source = np.zeros((4, 20, 40), np.float32)
+    source[:, 0:10, 0:20] = 1  # a quarter of each frame, half of it left of the crop
+    detection = MaskResult(boxes=[[(0.0, 0.0, 20.0, 10.0)]] * 4, detections=[[]] * 4, masks=source, best_score=0.5)
+    mask = EditMask(source=source, mapping=crop_mapping(frames=4), origin="detected", detection=detection)
+    assert mask.to_dict() == {"origin": "detected", "coverage": 0.25, "outside_fraction": 0.5, "frames": 4}
+    assert mask.detection is detection
+
+
+def test_edit_mask_refuses_a_source_of_the_wrong_size_or_an_unknown_origin() -> None:
+    mapping = crop_mapping()
+    with pytest.raises(ValueError, match="20,40"):
+        EditMask(source=np.zeros((3, 40, 20), np.float32), mapping=mapping, origin="file")
+    with pytest.raises(ValueError, match="origin"):
+        EditMask(source=np.zeros((3, 20, 40), np.float32), mapping=mapping, origin="drawn")
+    converted = EditMask(source=np.ones((3, 20, 40), np.uint8), mapping=mapping, origin="full")
+    assert converted.source.dtype == np.float32 and converted.coverage() == 1.0
+
+
+def test_mask_bounds_is_the_union_box_over_all_frames() -> None:
+    masks = np.zeros((3, 10, 16), np.float32)
+    masks[0, 3:7, 2:5] = 1
+    masks[2, 1:2, 10:12] = 0.3
+    assert mask_bounds(masks=masks) == (2, 1, 10, 6)
+    assert mask_bounds(masks=full_masks(frames=1, width=16, height=10)) == (0, 0, 16, 10)
+    single = np.zeros((1, 10, 16), np.float32)
+    single[0, 9, 15] = 1
+    assert mask_bounds(masks=single) == (15, 9, 1, 1)

@@ -144,7 +144,7 @@ SIZES = FOO_HEADER + FOO_SIZES
             id="defaults-bad-choice",
         ),
         pytest.param(
-            SIZES + "[models.foo.defaults]\nt_min = 900\nt_max = 100\n", ["key 'defaults'", "t_min"],
+            SIZES + "[models.foo.defaults]\nt_min = 900\nt_max = 100\n", ["key 'defaults'", "t-min 900 is above"],
             id="defaults-inconsistent",
         ),
         pytest.param(

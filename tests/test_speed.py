@@ -1,5 +1,5 @@
-"""The speed levers give the results of the plain code: per-block activation checkpointing, the
-truncated grad pass, the C x C form of the spatial loss and float32 self-similarity under autocast."""
+"""The speed levers give the results of the plain code: per-block and per-layer activation
+checkpointing, the C x C form of the spatial loss and float32 self-similarity under autocast."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import torch
 from diffusers import UNet3DConditionModel
 
 from dmedit import editor
-from dmedit.attention import capture_keys, select_key_layers
+from dmedit.attention import capture_keys
 from dmedit.backends.tiny import UNET_CONFIG
 from dmedit.config import EditConfig
 from dmedit.losses import spatial_self_similarity, spatial_ssm_loss, temporal_ssm_loss
-from dmedit.speed import checkpoint_units, checkpointed_blocks, stop_after_layers
+from dmedit.speed import checkpoint_units, checkpointed_blocks
 
 KEYS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
-FIRST_KEY_LAYER = ("up_blocks.1.attentions.0.transformer_blocks.*.attn1",)
 FRAMES, LATENT = 3, 8
 
 
@@ -79,31 +78,12 @@ def test_checkpointing_leaves_no_grad_calls_unchanged(unet):
     assert torch.equal(plain, checkpointed)
 
 
-def test_truncated_pass_gives_the_keys_of_a_full_pass_and_skips_the_rest(unet):
-    latents, timesteps, text = _inputs(4)
-    with torch.no_grad(), capture_keys(unet=unet, patterns=FIRST_KEY_LAYER) as full:
-        unet(latents, timesteps, encoder_hidden_states=text)
-    layers = select_key_layers(unet=unet, patterns=FIRST_KEY_LAYER)
-    ran_after = []
-    handle = unet.conv_out.register_forward_hook(lambda *_: ran_after.append(True))
-    try:
-        with torch.no_grad(), capture_keys(unet=unet, patterns=FIRST_KEY_LAYER) as truncated:
-            with stop_after_layers(layers={name: module.to_k for name, module in layers.items()}) as outcome:
-                unet(latents, timesteps, encoder_hidden_states=text)
-    finally:
-        handle.remove()
-    assert outcome["stopped"] and not ran_after
-    assert torch.equal(full.layers()[0], truncated.layers()[0])
-    assert all(not module.to_k._forward_hooks for module in layers.values())
-
-
 @pytest.fixture(scope="module")
 def frames() -> torch.Tensor:
     return torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
-@pytest.mark.parametrize("lever", [dict(checkpointing="block"), dict(checkpointing="layer"),
-                                   dict(truncate_grad_pass=True)])
+@pytest.mark.parametrize("lever", [dict(checkpointing="block"), dict(checkpointing="layer")])
 def test_editor_levers_give_the_same_steps(tiny_backend, frames, lever):
     def two_steps(**levers):
         session = editor.prepare(backend=tiny_backend, frames=frames, masks=None, src_prompt="a grey car",

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dmedit.encode
 import dmedit.video
 from clips import make_clip
 from dmedit.video import probe, read_frames, select_span, write_video
@@ -187,7 +188,7 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(
     info, frames = read_all(ntsc_clip)
     output = tmp_path / "out.mp4"
     output.write_bytes(b"previous result")
-    real_even_frame, partial_seen = dmedit.video._even_frame, []
+    real_even_frame, partial_seen = dmedit.encode._even_frame, []
 
     def interrupt_late(frame: np.ndarray) -> np.ndarray:
         partial_seen.append([p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.partial-")])
@@ -195,9 +196,22 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(
             raise KeyboardInterrupt
         return real_even_frame(frame)
 
-    monkeypatch.setattr(dmedit.video, "_even_frame", interrupt_late)
+    monkeypatch.setattr(dmedit.encode, "_even_frame", interrupt_late)
     with pytest.raises(KeyboardInterrupt):
         write_video(path=output, frames=np.concatenate([frames] * 3), fps=info.fps)
     assert partial_seen[-1], "the interruption came before anything was written"
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     assert output.read_bytes() == b"previous result"
+
+
+@pytest.mark.parametrize("name", ["open gop.mp4", "keyframes.mkv", "keyframes.ts"])
+def test_spans_equal_a_full_decode_whatever_the_container_seeks_by(clip_dir: Path, name: str):
+    """Spans start from a keyframe found by seeking; MPEG-TS seeks by decode time to any packet."""
+    clip = make_clip(clip_dir / name, width=64, height=48, frames=60, x264_params="keyint=12:open-gop=1")
+    info = probe(path=clip)
+    with av.open(str(clip)) as container:
+        every_frame = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert info.frame_count == len(every_frame) == 60
+    for start, count in [(0, 5), (13, 4), (29, 11), (47, 13), (59, 1)]:
+        span = select_span(info=info, start=str(start), frames=count)
+        assert np.array_equal(read_frames(info=info, span=span), every_frame[start : start + count])

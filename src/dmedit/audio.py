@@ -18,12 +18,10 @@ import numpy as np
 BROWSER_MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac"})  # copied as they are; others become AAC
 
 
-def mux_interleaved(*, container, video, frames: Iterable[np.ndarray], audio_packets: list) -> None:
-    """Encode (H,W,3) uint8 frames (pts = index) and mux them with `audio_packets` in time order."""
+def mux_interleaved(*, container, video, pictures: Iterable[av.VideoFrame], audio_packets: list) -> None:
+    """Encode `pictures` (VideoFrames with their pts) and mux them with `audio_packets` in time order."""
     pending = list(reversed(audio_packets))
-    for index, frame in enumerate(frames):
-        picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        picture.pts = index
+    for picture in pictures:
         for packet in video.encode(picture):
             while pending and _packet_seconds(pending[-1]) <= _packet_seconds(packet):
                 container.mux(pending.pop())

@@ -1,28 +1,57 @@
 """Frozen configuration records. Merge order: defaults < models.toml entry < command-line flags.
 
-Registry parsing (registry.py) builds `ModelEntry`/`DetectorEntry`; the CLI builds the rest and
-applies an entry's `defaults` table over `EditConfig()` with `EditConfig.merged`.
+Registry parsing (registry.py) builds `ModelEntry`/`DetectorEntry`; the run applies an entry's
+`defaults` table over `EditConfig()`, then the command line's `settings.EditOverrides`, with
+`EditConfig.merged`. The user's other settings (span, mask, model, output) are in settings.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from dmedit.errors import UsageError
 
 SsmKeys = Literal["conditional", "unconditional"]
+SsmReduction = Literal["mean", "sum"]
+TRAIN_TIMESTEPS = 1000
+"""Every supported family's scheduler is trained on 1000 timesteps: t is drawn from 0..999."""
+MAX_SEED = 2**63 - 1
+
+
+def require_finite(*, name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """UsageError unless `value` is a finite number within [low, high] (each bound optional)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {_number(low)} and {_number(high)}" if low is not None and high is not None else (
+            f"at least {_number(low)}" if low is not None else f"at most {_number(high)}")
+        raise UsageError(f"{name} must be {bounds}, got {_number(value)}")
+
+
+def _number(value: float) -> str:
+    """Integers as integers (2**63 - 1 in full), other numbers in %g form."""
+    if isinstance(value, int):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e20 else f"{value:g}"
 
 
 @dataclass(frozen=True)
 class EditConfig:
     """Hyperparameters of the DreamMotion optimisation (the paper's Sec. 3).
 
-    dds_scale: the explicit factor applied to the V-DDS gradient g before SGD. The DDS reference
-        divides its summed loss by the latent h*w; we state that number instead of hiding it.
-    lambda_spatial / lambda_temporal: weights of the S-SSM / T-SSM losses (our choice: the paper
-        gives none). A weight of 0 removes the term entirely (it is neither computed nor logged).
+    dds_scale: the weight of the V-DDS term, i.e. the factor applied to its gradient g. The DDS
+        reference divides its summed loss by the latent h*w; we state that number instead.
+    lambda_spatial / lambda_temporal: weights of the S-SSM / T-SSM losses. A weight of 0 removes
+        the term entirely (it is neither computed nor logged).
+    ssm_reduction: "mean" averages each layer's squared map differences over its entries, then
+        over layers (the default; lambdas about 1e3); "sum" sums them over entries and layers as
+        the paper's Eq. 12 and 15 write it (lambdas smaller by the entry count, see README).
+    guidance_scale: w in diffusers' convention eps_u + w * (eps_c - eps_u); the paper's Eq. 6
+        writes (1 + w) eps_c - w eps_u, so its w is one less than ours for the same guidance.
     """
 
     steps: int = 200
@@ -35,21 +64,33 @@ class EditConfig:
     lambda_temporal: float = 1.0
     use_mask: bool = True
     ssm_keys: SsmKeys = "conditional"
+    ssm_reduction: SsmReduction = "mean"
     seed: int = 0
     checkpoint_every: int = 50
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise UsageError(f"steps must be at least 1, got {self.steps}")
-        if not 0 <= self.t_min <= self.t_max:
-            raise UsageError(f"t range must satisfy 0 <= t_min <= t_max, got {self.t_min}..{self.t_max}")
-        if self.ssm_keys not in ("conditional", "unconditional"):
+        require_finite(name="--steps", value=self.steps, low=1, high=1_000_000)
+        require_finite(name="--guidance-scale", value=self.guidance_scale, low=0, high=1000)
+        require_finite(name="--lr", value=self.learning_rate, low=0, high=1e6)
+        require_finite(name="--dds-scale", value=self.dds_scale, low=0, high=1e9)
+        require_finite(name="--lambda-spatial", value=self.lambda_spatial, low=0, high=1e12)
+        require_finite(name="--lambda-temporal", value=self.lambda_temporal, low=0, high=1e12)
+        require_finite(name="--t-min", value=self.t_min, low=0, high=TRAIN_TIMESTEPS - 1)
+        require_finite(name="--t-max", value=self.t_max, low=0, high=TRAIN_TIMESTEPS - 1)
+        if self.t_min > self.t_max:
+            raise UsageError(f"--t-min {self.t_min} is above --t-max {self.t_max}")
+        require_finite(name="--seed", value=self.seed, low=0, high=MAX_SEED)
+        require_finite(name="--checkpoint-every", value=self.checkpoint_every, low=1, high=1_000_000)
+        if self.ssm_keys not in typing.get_args(SsmKeys):
             raise UsageError(f"ssm-keys must be conditional or unconditional, got {self.ssm_keys!r}")
-        if self.lambda_spatial < 0 or self.lambda_temporal < 0:
-            raise UsageError("loss weights must not be negative")
+        if self.ssm_reduction not in typing.get_args(SsmReduction):
+            raise UsageError(f"ssm-reduction must be mean or sum, got {self.ssm_reduction!r}")
 
-    def merged(self, overrides: dict[str, Any]) -> "EditConfig":
+    def weights(self) -> dict[str, float]:
+        """The weight of each named loss term of the step (editor.step_losses)."""
+        return {"dds": self.dds_scale, "spatial": self.lambda_spatial, "temporal": self.lambda_temporal}
+
+    def merged(self, overrides: Mapping[str, Any]) -> "EditConfig":
         """Return a copy with `overrides` applied; keys whose value is None are ignored."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
@@ -60,7 +101,7 @@ class EditConfig:
 
 EDIT_DEFAULT_KEYS = (
     "steps", "guidance_scale", "learning_rate", "t_min", "t_max", "dds_scale",
-    "lambda_spatial", "lambda_temporal", "ssm_keys",
+    "lambda_spatial", "lambda_temporal", "ssm_keys", "ssm_reduction",
 )
 
 

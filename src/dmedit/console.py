@@ -41,6 +41,9 @@ class Reporter:
     log_every: int = 10
     timings: dict[str, float] = field(default_factory=dict)
     held: list[str] | None = field(default_factory=list)
+    current: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    stage_started: float = 0.0
 
     @property
     def interactive(self) -> bool:
@@ -60,25 +63,45 @@ class Reporter:
         for text in held:
             self.line(text)
 
+    def warn(self, text: str) -> None:
+        """A line the user should read (shown unless quiet), prefixed "warning:"."""
+        self.line(f"warning: {text}")
+
+    def notice(self, text: str) -> None:
+        """A line shown even when quiet (e.g. an output skipped by --skip-existing)."""
+        self.console.print(text, markup=False)
+
+    def elapsed(self) -> float:
+        """Seconds since this reporter was made (the command's start)."""
+        return time.perf_counter() - self.started
+
+    def timings_so_far(self) -> dict[str, float]:
+        """Each stage's seconds, the stage now running counted up to now, and "total" (elapsed)."""
+        timings = dict(self.timings)
+        if self.current is not None and self.current != "optimise":
+            timings[self.current] = timings.get(self.current, 0.0) + time.perf_counter() - self.stage_started
+        return timings | {"total": self.elapsed()}
+
     def error(self, text: str) -> None:
         self.console.print(f"error: {text}", markup=False, style="bold red" if self.console.is_terminal else None)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        self.stage_started, self.current = time.perf_counter(), name
         if self.interactive:
             with self.console.status(f"{name} ..."):
                 yield
         else:
             yield
-        elapsed = time.perf_counter() - started
+        self.current = None
+        elapsed = time.perf_counter() - self.stage_started
         self.timings[name] = self.timings.get(name, 0.0) + elapsed
         self.line(f"{name}: done in {elapsed:.2f}s")
 
     @contextmanager
     def steps(self, *, total: int) -> Iterator["StepReporter"]:
         self.release()
-        started = time.perf_counter()
+        started, self.current = time.perf_counter(), "optimise"
         if self.interactive:
             progress = Progress(
                 TextColumn("optimise"),
@@ -96,6 +119,7 @@ class Reporter:
                 yield StepReporter(reporter=self, total=total, progress=progress, task=task)
         else:
             yield StepReporter(reporter=self, total=total)
+        self.current = None
         self.timings["optimise"] = self.timings.get("optimise", 0.0) + time.perf_counter() - started
 
 

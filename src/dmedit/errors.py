@@ -1,25 +1,27 @@
 """Errors a user can act on, each with the exit code the CLI returns for it.
 
 Exit codes (also in the README and `dmedit --help`):
-0 ok, 1 system error (disk full, permissions), 2 usage, 3 bad input video or mask, 4 model
-missing or unloadable, 5 out of memory, 130 interrupted.
+1 system error (disk full, permissions), 2 usage, 3 bad input video or mask, 4 model missing or
+unloadable, 5 out of memory, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
+import signal
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODEL = 4
 EXIT_OOM = 5
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class DmeditError(Exception):
     """Base class: `str(error)` is the one line shown to the user."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class UsageError(DmeditError):
@@ -35,7 +37,7 @@ class InputError(DmeditError):
 
 
 class ModelError(DmeditError):
-    """A model's weights are missing or cannot be loaded."""
+    """A model's weights are missing or cannot be loaded, or the model produced NaN."""
 
     exit_code = EXIT_MODEL
 
@@ -47,6 +49,12 @@ class OutOfMemoryError(DmeditError):
 
 
 class InterruptedRun(DmeditError):
-    """The user pressed Ctrl-C; a checkpoint may have been written."""
+    """The run stopped on a signal (Ctrl-C: 130, SIGTERM: 143); a checkpoint may have been written."""
 
-    exit_code = EXIT_INTERRUPTED
+    def __init__(self, message: str, *, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler (like KeyboardInterrupt for SIGINT), so cleanup runs."""

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
 FIT_MODES = ("crop", "pad", "stretch")
 
+
 @dataclass(frozen=True)
 class FitMapping:
     """Source pixels `source_box` (x, y, width, height) fill model pixels `model_box`.
 
-    crop: source_box is the centred crop with the model's aspect, model_box the whole model frame.
+    crop: source_box is the crop with the model's aspect (centred, or on a focus box), model_box
+    the whole model frame.
     pad: source_box is the whole source, model_box the letterboxed area (the rest is black).
     stretch: both boxes are whole frames.
     """
@@ -41,16 +43,39 @@ class FitMapping:
         return {**asdict(self), "source_box": list(self.source_box), "model_box": list(self.model_box)}
 
 
-def _fit_mapping(*, mode: str, source_width: int, source_height: int, width: int, height: int) -> FitMapping:
+def _window(*, size: int, length: int, focus: tuple[int, int] | None) -> int:
+    """Start of a window of `length` pixels in `size`: centred, or centred on the focus span
+    (start, length) and then moved inside the frame."""
+    if focus is None:
+        return (size - length) // 2
+    centre = focus[0] + focus[1] / 2
+    return int(min(max(round(centre - length / 2), 0), size - length))
+
+
+def fit_mapping(
+    *, mode: str, source_width: int, source_height: int, width: int, height: int,
+    focus: tuple[int, int, int, int] | None = None,
+) -> FitMapping:
+    """How a source_width x source_height frame meets a width x height model frame.
+
+    focus: a source box (x, y, width, height) the crop window is centred on (held inside the
+    frame) instead of the frame's centre; pad and stretch ignore it.
+    """
+    if mode not in FIT_MODES:
+        raise UsageError(f"--fit must be one of {', '.join(FIT_MODES)}, got {mode!r}")
+    if width < 1 or height < 1:
+        raise ValueError(f"model size must be positive, got {width}x{height}")
     source_box = (0, 0, source_width, source_height)
     model_box = (0, 0, width, height)
     source_wider = source_width * height > width * source_height
     if mode == "crop" and source_wider:
         crop_width = max(1, round(source_height * width / height))
-        source_box = ((source_width - crop_width) // 2, 0, crop_width, source_height)
+        x = _window(size=source_width, length=crop_width, focus=None if focus is None else focus[0::2])
+        source_box = (x, 0, crop_width, source_height)
     elif mode == "crop":
         crop_height = max(1, round(source_width * height / width))
-        source_box = (0, (source_height - crop_height) // 2, source_width, crop_height)
+        y = _window(size=source_height, length=crop_height, focus=None if focus is None else focus[1::2])
+        source_box = (0, y, source_width, crop_height)
     elif mode == "pad" and source_wider:
         fill_height = max(1, round(source_height * width / source_width))
         model_box = (0, (height - fill_height) // 2, width, fill_height)
@@ -86,22 +111,26 @@ def _transfer(*, images: np.ndarray, into: np.ndarray, from_box: tuple, to_box: 
     return into
 
 
-def to_model_frames(
-    *, frames: np.ndarray, width: int, height: int, fit: str = "crop"
-) -> tuple[np.ndarray, FitMapping]:
-    """(T,H,W,3) uint8 -> (T,height,width,3) uint8 and the mapping back to source pixels."""
+def apply_fit(*, frames: np.ndarray, mapping: FitMapping) -> np.ndarray:
+    """(T,H,W,3) uint8 source frames -> (T,h,w,3) uint8 model frames; inverse: from_model_frames."""
     check_frames(frames)
-    if fit not in FIT_MODES:
-        raise UsageError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
-    if width < 1 or height < 1:
-        raise ValueError(f"model size must be positive, got {width}x{height}")
-    count, source_height, source_width = frames.shape[:3]
-    mapping = _fit_mapping(
-        mode=fit, source_width=source_width, source_height=source_height, width=width, height=height
-    )
-    model = np.zeros((count, height, width, 3), dtype=np.uint8)
+    if frames.shape[1:3] != (mapping.source_height, mapping.source_width):
+        raise ValueError(f"frames {frames.shape} do not fit the mapping {mapping}")
+    model = np.zeros((frames.shape[0], mapping.model_height, mapping.model_width, 3), dtype=np.uint8)
     boxes = {"from_box": mapping.source_box, "to_box": mapping.model_box}
-    return _transfer(images=frames, into=model, upscale=cv2.INTER_CUBIC, **boxes), mapping
+    return _transfer(images=frames, into=model, upscale=cv2.INTER_CUBIC, **boxes)
+
+
+def to_model_frames(
+    *, frames: np.ndarray, width: int, height: int, fit: str = "crop",
+    focus: tuple[int, int, int, int] | None = None,
+) -> tuple[np.ndarray, FitMapping]:
+    """(T,H,W,3) uint8 -> (T,height,width,3) uint8 and the mapping back to source pixels
+    (fit_mapping, then apply_fit)."""
+    check_frames(frames)
+    mapping = fit_mapping(mode=fit, source_width=frames.shape[2], source_height=frames.shape[1],
+                          width=width, height=height, focus=focus)
+    return apply_fit(frames=frames, mapping=mapping), mapping
 
 
 def from_model_frames(*, frames: np.ndarray, mapping: FitMapping, source: np.ndarray) -> np.ndarray:

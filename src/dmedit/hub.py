@@ -5,7 +5,9 @@ Lookup order for one registry entry:
 2. `path` entries: that folder, which must hold model_index.json (video models) or config.json
    (detectors); the hub is never consulted, so a fine-tune never silently falls back to its base;
 3. `repo` entries: the Hugging Face cache snapshot of repo@revision, used only when complete.
-Nothing here touches the network except `pull`. huggingface_hub is imported lazily so that
+Nothing here touches the network except `pull`, which first checks in seconds that the hub (or
+the proxy that would carry the request) accepts a connection, then keeps huggingface_hub's retry
+warnings off stderr, so that a failure is one line. huggingface_hub is imported lazily so that
 `set_offline` can run before it is.
 """
 
@@ -16,10 +18,15 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import tempfile
+import threading
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -39,6 +46,11 @@ built by an older dmedit is never mistaken for the current model."""
 CONFIG_AND_TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")
 _SAFETENSORS_NAME = re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.safetensors")
 _TRUE_VALUES = ("1", "on", "yes", "true")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+"""The hub huggingface_hub talks to unless HF_ENDPOINT names another (a mirror)."""
+CONNECT_TIMEOUT_S = 5.0
+"""How long `pull` waits for the hub (or its proxy) to resolve and accept a TCP connection."""
+_DEFAULT_PORTS = {"http": 80, "https": 443, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
 Entry = ModelEntry | DetectorEntry
 
@@ -107,7 +119,9 @@ def pull(*, entry: Entry) -> Path:
     """Download repo@revision's configs, tokenizer files and safetensors weights into the hub cache.
 
     `builder` entries are built locally instead; `path` entries are only checked (nothing is
-    downloaded into a local folder). Any hub or network failure is a ModelError naming the repo.
+    downloaded into a local folder). Any hub or network failure is a one-line ModelError naming the
+    entry; an unreachable hub is reported within CONNECT_TIMEOUT_S, before huggingface_hub (whose
+    own retries take about 25 s) is called.
     """
     if entry.builder is not None or entry.path is not None:
         return resolve_weights(entry=entry)
@@ -118,16 +132,20 @@ def pull(*, entry: Entry) -> Path:
             f"cannot pull {label} from {source}: offline mode is on; drop --offline and unset "
             "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE on a machine that reaches huggingface.co"
         )
+    check_hub_reachable(label=label)
     try:
         from huggingface_hub import HfApi, snapshot_download
 
-        listing = HfApi().list_repo_files(entry.repo, revision=entry.revision)
-        wanted = select_repo_files(files=listing, variant=getattr(entry, "variant", None))
-        if not any(name.endswith(".safetensors") for name in wanted):
-            raise ModelError(f"cannot pull {label}: {source} has no .safetensors weights; pin a revision that has them")
-        folder = Path(
-            snapshot_download(entry.repo, revision=entry.revision, cache_dir=hub_cache_dir(), allow_patterns=wanted)
-        )
+        with _quiet_hub_logging():
+            listing = HfApi().list_repo_files(entry.repo, revision=entry.revision)
+            wanted = select_repo_files(files=listing, variant=getattr(entry, "variant", None))
+            if not any(name.endswith(".safetensors") for name in wanted):
+                raise ModelError(
+                    f"cannot pull {label}: {source} has no .safetensors weights; pin a revision that has them"
+                )
+            folder = Path(snapshot_download(
+                entry.repo, revision=entry.revision, cache_dir=hub_cache_dir(), allow_patterns=wanted
+            ))
     except DmeditError:
         raise
     except Exception as error:
@@ -135,6 +153,87 @@ def pull(*, entry: Entry) -> Path:
     if not (folder / marker_file(entry=entry)).is_file():
         raise ModelError(f"pulled {label} from {source}, but it has no {marker_file(entry=entry)}: not a model folder")
     return folder
+
+
+def hub_endpoint() -> str:
+    """The hub's base URL: $HF_ENDPOINT (a mirror) or https://huggingface.co, read from the environment now."""
+    return (os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def check_hub_reachable(*, label: str) -> None:
+    """A one-line ModelError unless the hub endpoint accepts a TCP connection within CONNECT_TIMEOUT_S.
+
+    When a proxy would carry the request (HTTPS_PROXY, ALL_PROXY and their lowercase forms, unless
+    NO_PROXY exempts the host), the proxy is checked instead: the hub itself may only be reachable
+    through it. Name resolution counts towards the timeout too.
+    """
+    endpoint = urlsplit(hub_endpoint())
+    try:
+        target = (endpoint.hostname or "", endpoint.port or _DEFAULT_PORTS.get(endpoint.scheme, 443))
+    except ValueError:  # a port that is not a number
+        target = ("", 0)
+    if not target[0]:
+        return  # not a usable URL: huggingface_hub reports it
+    proxy = _proxy_for(scheme=endpoint.scheme, host=endpoint.hostname)
+    where = f"{target[0]}:{target[1]}" if proxy is None else f"the proxy {proxy[0]}:{proxy[1]}"
+    problem = _connect_problem(address=proxy or target, timeout_s=CONNECT_TIMEOUT_S)
+    if problem is not None:
+        raise ModelError(
+            f"cannot reach {where} ({problem}) to pull {label}; check the network or proxy, or copy the "
+            f"Hugging Face cache ({hub_cache_dir()}) from a connected machine"
+        )
+
+
+def _proxy_for(*, scheme: str, host: str) -> tuple[str, int] | None:
+    """(host, port) of the proxy the environment gives for `scheme`://`host`, or None for a direct connection."""
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+    except ValueError:  # a port that is not a number: let the HTTP client report it
+        return None
+    return parts.hostname, port
+
+
+def _connect_problem(*, address: tuple[str, int], timeout_s: float) -> str | None:
+    """None when `address` accepts a TCP connection within `timeout_s`, else why not, in a few words.
+
+    Runs in a daemon thread so that a name lookup, which socket timeouts do not cover, is bounded too.
+    """
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout_s):
+                outcome.append(None)
+        except TimeoutError:
+            outcome.append(f"no answer within {timeout_s:g} s")
+        except OSError as error:
+            outcome.append(error.strerror or _one_line(error))
+
+    worker = threading.Thread(target=attempt, name="dmedit-hub-check", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
+@contextmanager
+def _quiet_hub_logging() -> Iterator[None]:
+    """huggingface_hub's warnings (one per retry: "Retrying in 1s [Retry 1/5]") off stderr while it runs;
+    the failure that ends the retries still arrives as an exception, reported in one line."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    previous = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(previous)
 
 
 def select_repo_files(*, files: Iterable[str], variant: str | None) -> list[str]:

@@ -8,15 +8,15 @@ inside a half-precision autocast region.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import contextlib
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 COSINE_EPS = 1e-8
+REDUCTIONS = ("mean", "sum")
 
 
 def cfg_noise(*, uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -46,6 +46,12 @@ def dds_grad(
                        guidance_scale=guidance_scale)
     grad = target - source
     return grad if mask is None else grad * mask.float()
+
+
+def dds_surrogate(*, grad: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """The V-DDS term as a loss, as in the DDS reference: (g.detach() * x).sum(), whose gradient with
+    respect to the latents x (any shape equal to g's) is exactly g. Its value means nothing."""
+    return (grad.detach() * latents).sum()
 
 
 def _float32_maths(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -103,7 +109,9 @@ def _spatial_squared_error_sum_by_gram(target: torch.Tensor, source: torch.Tenso
         return 2 * (r * r_t).sum() + 2 * (p * q).sum() + 4 * (q * r_t).sum() + q.square().sum()
 
 
-def _check_layers(target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor]) -> None:
+def _check_layers(target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor], reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not target_keys or len(target_keys) != len(source_keys):
         raise ValueError(f"need equally many target and source layers, got "
                          f"{len(target_keys)} and {len(source_keys)}")
@@ -114,25 +122,32 @@ def _check_layers(target_keys: Sequence[torch.Tensor], source_keys: Sequence[tor
 
 
 def spatial_ssm_loss(
-    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor], frame_chunk: int = 4
+    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor], frame_chunk: int = 4,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """S-SSM loss: mean over layers of the MSE between SS(target) and SS(source), float32 scalar.
+    """S-SSM loss between SS(target) and SS(source) over every layer, a float32 scalar.
 
-    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. Per layer the
-    squared differences are averaged over all F * HW * HW entries (the MEAN, i.e. the usual MSE,
-    equal to the mean over frames of the per-frame mean). A layer with fewer channels than
-    positions (C < HW) is computed through C x C matrices (no HW x HW map is ever formed; same
-    value up to float rounding). Otherwise frames are processed `frame_chunk` at a time, and when
-    gradients are needed each chunk is recomputed in backward (activation checkpointing), so at
-    most one chunk's HW x HW maps exist at any moment.
+    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position.
+    reduction "mean": per layer the squared differences are averaged over its F * HW * HW entries
+    (the usual MSE), then layers are averaged; "sum": squared differences summed over every entry
+    of every layer (the paper's Eq. 12), so layers with more positions weigh more. A layer with
+    fewer channels than positions (C < HW) is computed through C x C matrices (no HW x HW map is
+    ever formed; same value up to float rounding). Otherwise frames are processed `frame_chunk` at
+    a time, and when gradients are needed each chunk is recomputed in backward (activation
+    checkpointing), so at most one chunk's HW x HW maps exist at any moment.
     """
-    _check_layers(target_keys, source_keys)
+    _check_layers(target_keys, source_keys, reduction)
     per_layer = []
     for target, source in zip(target_keys, source_keys):
         frames, positions, _ = target.shape
         total = _layer_squared_error_sum(target, source.detach(), frame_chunk)
-        per_layer.append(total / (frames * positions * positions))
-    return torch.stack(per_layer).mean()
+        per_layer.append(total / (frames * positions * positions) if reduction == "mean" else total)
+    return _reduce(per_layer, reduction)
+
+
+def _reduce(per_layer: list[torch.Tensor], reduction: str) -> torch.Tensor:
+    stacked = torch.stack(per_layer)
+    return stacked.mean() if reduction == "mean" else stacked.sum()
 
 
 def _layer_squared_error_sum(target: torch.Tensor, source: torch.Tensor, frame_chunk: int) -> torch.Tensor:
@@ -153,16 +168,18 @@ def _layer_squared_error_sum(target: torch.Tensor, source: torch.Tensor, frame_c
 
 
 def temporal_ssm_loss(
-    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor]
+    *, target_keys: Sequence[torch.Tensor], source_keys: Sequence[torch.Tensor], reduction: str = "mean"
 ) -> torch.Tensor:
-    """T-SSM loss: mean over layers of MSE(TS(target), TS(source)) over the F x F entries.
+    """T-SSM loss between TS(target) and TS(source) over every layer, a float32 scalar.
 
-    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. Float32 scalar.
+    target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. reduction
+    "mean": per layer the MSE over the F x F entries, then the mean over layers; "sum": squared
+    differences summed over every entry of every layer (the paper's Eq. 15).
     """
-    _check_layers(target_keys, source_keys)
+    _check_layers(target_keys, source_keys, reduction)
     per_layer = [
-        F.mse_loss(temporal_self_similarity(keys=target),
-                   temporal_self_similarity(keys=source.detach()))
+        F.mse_loss(temporal_self_similarity(keys=target), temporal_self_similarity(keys=source.detach()),
+                   reduction=reduction)
         for target, source in zip(target_keys, source_keys)
     ]
-    return torch.stack(per_layer).mean()
+    return _reduce(per_layer, reduction)

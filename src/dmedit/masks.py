@@ -1,4 +1,6 @@
-"""Edit masks: detector boxes -> per-frame binary masks, user mask files, preview drawing.
+"""Edit masks: detector boxes -> per-frame binary masks, the EditMask that holds a run's mask in
+every form it needs (source size, model size, latent grid, feathered), preview drawing.
+User mask files (reading, checking, saving) live in `mask_files`.
 
 Conventions
 - A box is (x0, y0, x1, y1) in source pixels, continuous coordinates: pixel (row i, column j)
@@ -15,9 +17,7 @@ Conventions
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import cv2
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dmedit.errors import InputError, UsageError
+from dmedit.fit import FitMapping, masks_to_model
 
 if TYPE_CHECKING:
     from dmedit.backends.grounding_dino import Detection, DetectionRun
@@ -33,11 +34,10 @@ if TYPE_CHECKING:
 Box = tuple[float, float, float, float]
 FrameBoxes = list[Box]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_MASK_LEVEL = 128
 DEFAULT_DILATION = 0.05
 PREVIEW_TINT = np.array([40, 220, 40], dtype=np.float32)
 PREVIEW_ALPHA = 0.4
+MASK_ORIGINS = ("detected", "full", "file")
 
 
 class BoxDetector(Protocol):
@@ -54,6 +54,78 @@ class MaskResult:
     detections: list[list["Detection"]]
     masks: np.ndarray
     best_score: float
+
+
+@dataclass(frozen=True, eq=False)
+class EditMask:
+    """Where the edit may happen, in every form the run needs.
+
+    source: (T,H,W) float32 in [0,1] at source size (dilated, not feathered); mapping: the
+    fit.FitMapping between source and model frames; origin: "detected" | "full" | "file";
+    detection: the MaskResult when detected, else None. Equality is identity (it holds arrays).
+    """
+
+    source: np.ndarray
+    mapping: FitMapping
+    origin: str
+    detection: MaskResult | None = None
+
+    def __post_init__(self) -> None:
+        source = np.asarray(self.source, dtype=np.float32)
+        expected = (self.mapping.source_height, self.mapping.source_width)
+        if source.ndim != 3 or source.shape[1:] != expected or len(source) == 0:
+            raise ValueError(f"source masks must be (T,{expected[0]},{expected[1]}) with T >= 1, got {source.shape}")
+        if self.origin not in MASK_ORIGINS:
+            raise ValueError(f"origin must be one of {', '.join(MASK_ORIGINS)}, got {self.origin!r}")
+        object.__setattr__(self, "source", source)
+
+    def model(self) -> np.ndarray:
+        """(T,h,w) float32 {0,1} at model size: 1 where any source pixel it covers is set; padding 0."""
+        return (masks_to_model(masks=self.source, mapping=self.mapping) > 0).astype(np.float32)
+
+    def latent(self, *, latent_height: int, latent_width: int) -> torch.Tensor:
+        """(1,1,T,latent_height,latent_width) float32 {0,1}: the model-size mask on the latent grid."""
+        return masks_to_latent_grid(masks=self.model(), latent_height=latent_height, latent_width=latent_width)
+
+    def feathered(self, *, pixels: float) -> np.ndarray:
+        """(T,H,W) float32 in [0,1] at source size, edges blurred by `pixels` (see feather_masks)."""
+        return feather_masks(masks=self.source, pixels=pixels)
+
+    def coverage(self) -> float:
+        """Fraction of source pixels set (> 0), over all frames."""
+        return float(np.count_nonzero(self.source > 0) / self.source.size)
+
+    def outside_fraction(self) -> float:
+        """Fraction of the set source pixels outside mapping.source_box (what a crop drops); 0.0 when empty."""
+        selected = self.source > 0
+        total = np.count_nonzero(selected)
+        if total == 0:
+            return 0.0
+        x, y, box_width, box_height = self.mapping.source_box
+        inside = np.count_nonzero(selected[:, y : y + box_height, x : x + box_width])
+        return float((total - inside) / total)
+
+    def to_dict(self) -> dict:
+        """{"origin", "coverage", "outside_fraction", "frames"} for the run report."""
+        return {
+            "origin": self.origin,
+            "coverage": round(self.coverage(), 6),
+            "outside_fraction": round(self.outside_fraction(), 6),
+            "frames": int(self.source.shape[0]),
+        }
+
+
+def mask_bounds(*, masks: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(T,H,W) masks -> (x, y, width, height) in pixels: the union bounding box of every set (> 0)
+    pixel over all frames; None when no pixel is set."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (T,H,W), got {masks.shape}")
+    covered = (masks > 0).any(axis=0)
+    rows, columns = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (int(columns[0]), int(rows[0]), int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1))
 
 
 def boxes_to_masks(*, boxes: Sequence[Sequence[Box]], width: int, height: int) -> np.ndarray:
@@ -194,69 +266,6 @@ def full_masks(*, frames: int, width: int, height: int) -> np.ndarray:
     return np.ones((frames, height, width), dtype=np.float32)
 
 
-def load_user_masks(*, path: Path, frames: int, width: int, height: int) -> np.ndarray:
-    """A PNG (used for every frame), a folder of PNGs (one per frame) or a mask video -> (T,H,W) {0,1}.
-
-    Images: any non-zero colour value marks an edited pixel (an alpha channel is ignored).
-    Folder: the .png files sorted by name, numbers compared by value ("2" before "10").
-    Video: read with decord at its native size; a value >= 128 marks an edited pixel, because
-    lossy codecs turn pure black into small non-zero values. Masks of another size are resized
-    (nearest). A frame count other than `frames`, or an unreadable file, raises InputError.
-    """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
-        if not files:
-            raise InputError(f"{path}: the mask folder holds no .png files")
-        _check_count(found=len(files), frames=frames, path=path, unit="mask images")
-        stack = np.stack([_read_image_mask(path=file) for file in files])
-    elif not path.exists():
-        raise InputError(f"{path}: mask file not found")
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        stack = np.repeat(_read_image_mask(path=path)[None], frames, axis=0)
-    else:
-        stack = _read_video_mask(path=path)
-        _check_count(found=len(stack), frames=frames, path=path, unit="mask video frames")
-    return _resized(masks=stack, width=width, height=height)
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def _check_count(*, found: int, frames: int, path: Path, unit: str) -> None:
-    if found != frames:
-        raise InputError(f"{path}: {found} {unit} but the edited span has {frames} frames")
-
-
-def _read_image_mask(*, path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(f"{path}: cannot read this mask image")
-    if image.ndim == 3:
-        image = image[..., :3].max(axis=-1) if image.shape[-1] >= 3 else image[..., 0]
-    return (image > 0).astype(np.uint8)
-
-
-def _read_video_mask(*, path: Path) -> np.ndarray:
-    import decord
-
-    try:
-        reader = decord.VideoReader(str(path))
-        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
-    except Exception as error:  # decord raises its own DECORDError and plain RuntimeErrors
-        raise InputError(f"{path}: cannot read this mask video ({type(error).__name__})") from error
-    if len(frames) == 0:
-        raise InputError(f"{path}: the mask video has no frames")
-    return (frames.max(axis=-1) >= VIDEO_MASK_LEVEL).astype(np.uint8)
-
-
-def _resized(*, masks: np.ndarray, width: int, height: int) -> np.ndarray:
-    if masks.shape[1:] != (height, width):
-        masks = np.stack([cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) for mask in masks])
-    return masks.astype(np.float32)
-
-
 def masks_to_latent_grid(*, masks: np.ndarray, latent_height: int, latent_width: int) -> torch.Tensor:
     """(T,h,w) model-size masks -> (1,1,T,lh,lw) float32 {0,1}: a latent cell is editable when any
     pixel it covers has a non-zero mask value (adaptive max pooling, exact for integer ratios)."""
@@ -324,25 +333,3 @@ def draw_preview(
                 cv2.LINE_AA,
             )
     return preview
-
-
-def save_mask_pngs(*, masks: np.ndarray, folder: Path) -> list[Path]:
-    """(T,H,W) masks -> folder/00000.png, ... (8-bit, 255 where mask >= 0.5, else 0).
-
-    Older numbered masks (five digits) beyond T are removed, so `load_user_masks` reads back T.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{folder}: cannot create the mask folder ({error.strerror})") from error
-    written = []
-    for index, mask in enumerate(np.asarray(masks)):
-        target = folder / f"{index:05d}.png"
-        if not cv2.imwrite(str(target), np.where(mask >= 0.5, 255, 0).astype(np.uint8)):
-            raise UsageError(f"{target}: cannot write the mask image")
-        written.append(target)
-    for stale in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
-        if int(stale.stem) >= len(written):
-            stale.unlink()
-    return written

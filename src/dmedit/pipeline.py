@@ -1,94 +1,38 @@
-"""`dmedit run` and `dmedit mask` from resolved requests to files on disk (see DESIGN.md's data flow).
+"""`dmedit run` and `dmedit mask`: from a request to files on disk (docs/ARCHITECTURE.md).
 
-Order matters for users: everything that can fail cheaply (paths, prompts, probe, registry, span,
-masks) is checked before a model is loaded, and nothing is written until the end.
+The run flows one way: plan (probe, registry, settings, span, weights, device: everything that
+can fail cheaply, before a frame is decoded) -> context (source frames and the edit mask with its
+fit mapping) -> optimisation -> output frames -> the bundle, written all at once at the end.
+Out of memory, anywhere in a run, is mapped to exit 5 here and only here (`_memory_failures`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-import signal
-import time
+import stat
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from dmedit.config import EditConfig, ModelEntry
 from dmedit.console import Reporter
-from dmedit.errors import InputError, ModelError, OutOfMemoryError, UsageError
+from dmedit.errors import OutOfMemoryError, UsageError
+from dmedit.outputs import companion, output_lock, remove_stale_partials, staged_bundle
+from dmedit.settings import MaskRequest, MaskSettings, RunRequest, SpanSettings
 
-DEFAULT_MODEL = "zeroscope"
+if TYPE_CHECKING:
+    import torch
 
+    from dmedit.editor import EditResult
+    from dmedit.masks import EditMask, MaskResult
+    from dmedit.registry import Registry
+    from dmedit.video import Span, VideoInfo
 
-@dataclass(frozen=True)
-class SpanRequest:
-    start: str | None = None
-    frames: int | None = None
-    stride: int | None = None
-    fps: float | None = None
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Every `dmedit run` option, as typed by the user (None = take the default)."""
-
-    video: Path
-    src: str
-    tgt: str
-    output: Path | None = None
-    start: str | None = None
-    frames: int | None = None
-    stride: int | None = None
-    fps: float | None = None
-    fit: str = "crop"
-    crf: int = 18
-    audio: bool = True
-    out_size: str = "source"
-    compare: bool = False
-    plot: bool = False
-    composite: bool = True
-    overwrite: bool = False
-    skip_existing: bool = False
-    model: str | None = None
-    registry: Path | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: bool = False
-    vae_chunk: int = 8
-    checkpointing: str | None = None
-    mask: str | None = None
-    mask_prompt: str | None = None
-    detector: str | None = None
-    box_threshold: float | None = None
-    text_threshold: float | None = None
-    smooth: int = 1
-    dilate: float | None = None
-    feather: float = 2.0
-    resume: bool = False
-    edit_overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MaskRequest:
-    video: Path
-    mask_prompt: str
-    output: Path | None = None
-    start: str | None = None
-    frames: int | None = None
-    stride: int | None = None
-    fps: float | None = None
-    model: str | None = None
-    detector: str | None = None
-    registry: Path | None = None
-    device: str = "auto"
-    box_threshold: float | None = None
-    text_threshold: float | None = None
-    smooth: int = 1
-    dilate: float | None = None
-    overwrite: bool = False
+MEMORY_ADVICE = "try --checkpointing block, fewer --frames, --offload or --vae-chunk 1"
 
 
 def default_output(*, video: Path) -> Path:
@@ -96,19 +40,84 @@ def default_output(*, video: Path) -> Path:
     return video.with_name(f"{video.stem}.dmedit.mp4")
 
 
-def companion(*, output: Path, suffix: str) -> Path:
-    """OUT.mp4 -> OUT<suffix> (e.g. '.json', '.compare.mp4', '.loss.png', '.run')."""
-    return output.with_name(f"{output.stem}{suffix}")
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run knows before it decodes a frame: the request, the resolved output, the input's
+    probe, the span, the registry entry with its weights folder, the edit settings, the device."""
+
+    request: RunRequest
+    output: Path
+    info: "VideoInfo"
+    span: "Span"
+    registry: "Registry"
+    entry: ModelEntry
+    weights: Path
+    config: EditConfig
+    device: "torch.device"
+    dtype: "torch.dtype"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return companion(output=self.output, suffix=".run")
 
 
-def _check_prompts(*, src: str, tgt: str) -> None:
-    if not src.strip():
-        raise UsageError("--src is empty: describe the object in the video, e.g. --src 'a bird'")
-    if not tgt.strip():
-        raise UsageError("--tgt is empty: describe what it should become, e.g. --tgt 'a parrot'")
+@dataclass(frozen=True)
+class RunContext:
+    """A planned run with its source frames (T,H,W,3) uint8 and its edit mask (with the fit mapping)."""
+
+    plan: RunPlan
+    source: np.ndarray
+    mask: "EditMask"
+    notes: list[str] = field(default_factory=list)
 
 
-def _select(*, info, entry: ModelEntry, span: SpanRequest):
+@contextmanager
+def _memory_failures(*, reporter: Reporter) -> Iterator[None]:
+    """Out of memory (torch's, or a MemoryError from NumPy/OpenCV) -> OutOfMemoryError naming the stage."""
+    try:
+        yield
+    except Exception as error:
+        torch_oom = type(error).__name__ == "OutOfMemoryError" and type(error).__module__.startswith("torch")
+        if not (torch_oom or isinstance(error, MemoryError)):
+            raise
+        where = f" during {reporter.current}" if reporter.current else ""
+        raise OutOfMemoryError(f"out of memory{where}; {MEMORY_ADVICE}") from None
+
+
+def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
+    """The whole `dmedit run`; returns the output path (None when skipped)."""
+    from dmedit import video as videos
+
+    output = request.output.path or default_output(video=request.video)
+    if request.output.path is None and _is_stream(request.video):
+        raise UsageError(f"{request.video} is a pipe or device; name the output with -o OUT.mp4")
+    if request.output.skip_existing and output.exists():
+        reporter.notice(f"{output}: exists, skipped (--skip-existing)")
+        return None
+    with _memory_failures(reporter=reporter), videos.readable_input(path=request.video) as video:
+        overwrite = request.output.overwrite or request.resume
+        videos.check_output_path(output=output, inputs=[request.video, video], overwrite=overwrite)
+        with output_lock(output=output):
+            remove_stale_partials(output=output)
+            plan = _plan(request=request, video=video, output=output, reporter=reporter)
+            run = _context(plan=plan, reporter=reporter)
+            result = _optimise(run=run, reporter=reporter)
+            with reporter.stage("write"):
+                _write_bundle(run=run, result=result, reporter=reporter)
+            shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
+    return output
+
+
+def _is_stream(path: Path) -> bool:
+    """A pipe, FIFO or character device (no file name to derive an output name from)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def _select_span(*, info: "VideoInfo", entry: ModelEntry, span: SpanSettings) -> "Span":
     from dmedit.video import select_span
 
     count = span.frames or entry.frames
@@ -117,254 +126,230 @@ def _select(*, info, entry: ModelEntry, span: SpanRequest):
     return select_span(info=info, start=span.start, frames=count, stride=span.stride, fps=span.fps)
 
 
-def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
-    """The whole `dmedit run`; returns the output path (None when skipped)."""
-    from dmedit import fit as fitting
+def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter) -> RunPlan:
     from dmedit import video as videos
+    from dmedit.backends import resolve_device, resolve_dtype
+    from dmedit.hub import resolve_weights
     from dmedit.registry import load_registry
 
-    _check_prompts(src=request.src, tgt=request.tgt)
-    output = request.output or default_output(video=request.video)
-    if request.skip_existing and output.exists():
-        reporter.line(f"{output}: exists, skipped")
-        reporter.release()
-        return None
-    videos.check_output_path(output=output, inputs=[request.video], overwrite=request.overwrite or request.resume)
-    started = time.perf_counter()
     with reporter.stage("probe"):
-        info = videos.probe(path=request.video)
-    registry = load_registry(registry_file=request.registry)
-    entry = registry.model(request.model or DEFAULT_MODEL)
-    config = EditConfig().merged(dict(entry.defaults)).merged(request.edit_overrides)
-    span = _select(info=info, entry=entry, span=SpanRequest(request.start, request.frames, request.stride, request.fps))
-    _require_weights(entry=entry)
+        info = videos.probe(path=video, shown_as=request.video)
+    registry = load_registry(registry_file=request.model.registry)
+    entry = registry.model(request.model.name)
+    config = EditConfig().merged(entry.defaults).merged(request.edit.as_dict())
+    span = _select_span(info=info, entry=entry, span=request.span)
+    weights = resolve_weights(entry=entry)
+    device = resolve_device(name=request.model.device)
+    dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
-    with reporter.stage("read"):
-        source = videos.read_frames(info=info, span=span)
-        model_frames, mapping = fitting.to_model_frames(frames=source, width=entry.width, height=entry.height, fit=request.fit)
-    device = _resolve_device(request.device)
-    dtype = _resolve_dtype(name=request.dtype, device=device, entry=entry)
-    with reporter.stage("masks"):
-        masks, detections = _source_masks(request=request, registry=registry, entry=entry, frames=source, device=device)
-    result = _optimise(request=request, entry=entry, config=config, frames=model_frames, masks=masks,
-                       mapping=mapping, device=device, dtype=dtype, output=output, reporter=reporter)
-    report = _report(request=request, info=info, span=span, entry=entry, config=config, mapping=mapping,
-                     result=result, reporter=reporter, wall=time.perf_counter() - started)
-    report["resolved"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                          "frames": len(span.indices), "model": entry.name,
-                          "mask": "detected" if detections is not None else (request.mask or "full"),
-                          "detector": (request.detector or entry.detector) if detections is not None else None}
-    with reporter.stage("write"):
-        edited = _to_output_frames(request=request, result_frames=result.frames, source=source, masks=masks, mapping=mapping)
-        _write_bundle(request=request, output=output, info=info, span=span, source=source, edited=edited,
-                      masks=masks, detections=detections, report=report)
-    shutil.rmtree(companion(output=output, suffix=".run"), ignore_errors=True)
-    reporter.line(f"wrote {output}")
-    return output
+    return RunPlan(request=request, output=output, info=info, span=span, registry=registry, entry=entry,
+                   weights=weights, config=config, device=device, dtype=dtype)
 
 
-def _require_weights(*, entry: ModelEntry) -> None:
-    """Fail before any detection or decoding when the video model's weights are not here."""
-    from dmedit.hub import resolve_weights
-
-    resolve_weights(entry=entry)
-
-
-def _resolve_device(name: str):
-    from dmedit.backends import resolve_device
-
-    return resolve_device(name=name)
-
-
-def _resolve_dtype(*, name: str, device, entry: ModelEntry):
-    from dmedit.backends import resolve_dtype
-
-    return resolve_dtype(name=name, device=device, entry=entry)
-
-
-def _source_masks(*, request: RunRequest, registry, entry: ModelEntry, frames: np.ndarray, device):
-    """(T,H,W) float masks at source size (dilated, not feathered) and the detections (or None)."""
-    from dmedit import masks as mask_tools
-
-    count, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
-    if request.mask == "full" or request.edit_overrides.get("use_mask") is False:
-        return mask_tools.full_masks(frames=count, width=width, height=height), None
-    if request.mask is not None:
-        path = Path(request.mask)
-        if not path.exists():
-            raise InputError(f"--mask {request.mask}: no such file or folder (use 'full', a PNG, a folder or a video)")
-        return mask_tools.load_user_masks(path=path, frames=count, width=width, height=height), None
-    result = _detect(registry=registry, detector_name=request.detector or entry.detector, frames=frames,
-                     prompt=request.mask_prompt or request.src, box_threshold=request.box_threshold,
-                     text_threshold=request.text_threshold, smooth=request.smooth, dilate=request.dilate, device=device)
-    return result.masks, result
-
-
-def _detect(*, registry, detector_name: str, frames: np.ndarray, prompt: str, box_threshold, text_threshold,
-            smooth: int, dilate, device):
-    from dmedit.backends.grounding_dino import GroundingDinoDetector
+def _detect(*, registry: "Registry", entry: ModelEntry, settings: MaskSettings, prompt: str,
+            frames: np.ndarray, device: "torch.device") -> "MaskResult":
+    """Masks of `prompt` at source size from the settings' detector (default: the entry's)."""
+    from dmedit.backends import load_detector
     from dmedit.hub import resolve_weights
     from dmedit.masks import detect_masks
 
-    detector_entry = registry.detector(detector_name)
-    detector = GroundingDinoDetector.load(path=resolve_weights(entry=detector_entry), device=device)
-    return detect_masks(
-        detector=detector, frames=frames, prompt=prompt,
-        box_threshold=detector_entry.box_threshold if box_threshold is None else box_threshold,
-        text_threshold=detector_entry.text_threshold if text_threshold is None else text_threshold,
-        smooth=smooth, dilate=dilate,
-    )
+    detector_entry = registry.detector(settings.detector or entry.detector)
+    detector = load_detector(entry=detector_entry, folder=resolve_weights(entry=detector_entry), device=device)
+    threshold = {"box_threshold": settings.box_threshold, "text_threshold": settings.text_threshold}
+    for name, value in threshold.items():
+        threshold[name] = getattr(detector_entry, name) if value is None else value
+    return detect_masks(detector=detector, frames=frames, prompt=prompt, smooth=settings.smooth,
+                        dilate=settings.dilate, **threshold)
 
 
-@contextmanager
-def _stop_on_first_interrupt() -> Iterator[list[bool]]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
-    flag = [False]
-    previous = signal.getsignal(signal.SIGINT)
+def _edit_mask(*, plan: RunPlan, source: np.ndarray) -> "EditMask":
+    """Detected, user or full masks at source size, and the fit mapping (a crop holds the mask)."""
+    from dmedit import masks as mask_tools
+    from dmedit.fit import fit_mapping
+    from dmedit.mask_files import load_user_masks
 
-    def ask_to_stop(signum, frame) -> None:
-        if flag[0]:
-            raise KeyboardInterrupt
-        flag[0] = True
+    settings, (count, height, width) = plan.request.mask, source.shape[:3]
+    detection, origin = None, "full"
+    if settings.source == "full" or not plan.config.use_mask:
+        masks = mask_tools.full_masks(frames=count, width=width, height=height)
+    elif settings.source is not None:
+        origin = "file"
+        masks = load_user_masks(path=Path(settings.source), frames=count, width=width, height=height,
+                                span_indices=plan.span.indices)
+    else:
+        origin = "detected"
+        detection = _detect(registry=plan.registry, entry=plan.entry, settings=settings,
+                            prompt=plan.request.detection_prompt, frames=source, device=plan.device)
+        masks = detection.masks
+    focus = None if origin == "full" else mask_tools.mask_bounds(masks=masks)
+    mapping = fit_mapping(mode=plan.request.span.fit, source_width=width, source_height=height,
+                          width=plan.entry.width, height=plan.entry.height, focus=focus)
+    return mask_tools.EditMask(source=masks, mapping=mapping, origin=origin, detection=detection)
 
-    signal.signal(signal.SIGINT, ask_to_stop)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+
+def _context(*, plan: RunPlan, reporter: Reporter) -> RunContext:
+    from dmedit import video as videos
+
+    with reporter.stage("read"):
+        source = videos.read_frames(info=plan.info, span=plan.span)
+    with reporter.stage("masks"):
+        mask = _edit_mask(plan=plan, source=source)
+    run = RunContext(plan=plan, source=source, mask=mask)
+    if plan.span.timing_note:
+        run.notes.append(plan.span.timing_note)
+    outside = mask.outside_fraction()
+    if outside > 0:
+        box = mask.mapping.source_box
+        run.notes.append(f"{outside:.1%} of the mask lies outside the {mask.mapping.mode} window "
+                         f"(source x={box[0]}..{box[0] + box[2]}, y={box[1]}..{box[1] + box[3]}) and is "
+                         "not edited; --fit pad edits the whole frame")
+    for note in run.notes:
+        reporter.warn(note)
+    return run
 
 
-def _optimise(*, request: RunRequest, entry: ModelEntry, config: EditConfig, frames: np.ndarray, masks: np.ndarray,
-              mapping, device, dtype, output: Path, reporter: Reporter):
-    import torch
-
+def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
+    from dmedit import editor
     from dmedit.backends import load_backend
-    from dmedit.editor import edit
-    from dmedit.masks import masks_to_latent_grid
-    from dmedit.fit import masks_to_model
+    from dmedit.checkpoints import checkpoint_path
+    from dmedit.fit import apply_fit, frames_to_tensor
+    from dmedit.interrupts import stop_after_step
 
+    plan, settings = run.plan, run.plan.request.model
     with reporter.stage("load model"):
-        backend = load_backend(entry=entry, device=device, dtype=dtype, vae_chunk=request.vae_chunk, offload=request.offload)
-    model_masks = (masks_to_model(masks=masks, mapping=mapping) > 0).astype(np.float32)
-    latent_masks = masks_to_latent_grid(masks=model_masks, latent_height=entry.height // 8, latent_width=entry.width // 8)
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    try:
-        with _stop_on_first_interrupt() as stop, reporter.steps(total=config.steps) as progress:
-            result = edit(
-                backend=backend, frames=pixels, masks=latent_masks.to(device), src_prompt=request.src,
-                tgt_prompt=request.tgt, config=config, key_layers=entry.key_layers, on_step=progress.update,
-                checkpoint_dir=companion(output=output, suffix=".run"), resume=request.resume,
-                stop_requested=lambda: stop[0], checkpointing=request.checkpointing,
-            )
-    except torch.OutOfMemoryError as error:
-        raise OutOfMemoryError(f"{device} ran out of memory: try --vae-chunk 1, --offload or fewer --frames") from error
-    if not torch.isfinite(result.frames).all():
-        raise ModelError(f"model {entry.name!r} produced NaN/inf frames; nothing was written (try --dtype fp32)")
-    return result
+        backend = load_backend(entry=plan.entry, folder=plan.weights, device=plan.device, dtype=plan.dtype,
+                               vae_chunk=settings.vae_chunk, offload=settings.offload)
+    with reporter.stage("encode"):
+        pixels = frames_to_tensor(frames=apply_fit(frames=run.source, mapping=run.mask.mapping))
+        latent_mask = run.mask.latent(latent_height=plan.entry.height // 8, latent_width=plan.entry.width // 8)
+        session = editor.prepare(backend=backend, frames=pixels, masks=latent_mask.to(plan.device),
+                                 src_prompt=plan.request.src, tgt_prompt=plan.request.tgt, config=plan.config,
+                                 key_layers=plan.entry.key_layers, checkpointing=settings.checkpointing)
+    checkpoint = checkpoint_path(folder=plan.checkpoint_dir)
+    resume = plan.request.resume and checkpoint.is_file()
+    if plan.request.resume and not resume:
+        reporter.line(f"--resume: no checkpoint at {checkpoint}; starting from step 0")
+    with stop_after_step() as stop, reporter.steps(total=plan.config.steps) as progress:
+        return editor.optimise(session=session, on_step=progress.update, checkpoint=checkpoint, resume=resume,
+                               stop_requested=stop)
 
 
-def _to_output_frames(*, request: RunRequest, result_frames, source: np.ndarray, masks: np.ndarray, mapping) -> np.ndarray:
-    from dmedit.masks import feather_masks
-    from dmedit.fit import composite, from_model_frames
+def _output_frames(*, run: RunContext, result: "EditResult") -> np.ndarray:
+    from dmedit.fit import composite, from_model_frames, tensor_to_frames
 
-    edited = ((result_frames.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-    if request.out_size == "model":
+    settings = run.plan.request.output
+    edited = tensor_to_frames(tensor=result.frames)
+    if settings.size == "model":
         return edited
-    edited = from_model_frames(frames=edited, mapping=mapping, source=source)
-    if not request.composite:
+    edited = from_model_frames(frames=edited, mapping=run.mask.mapping, source=run.source)
+    if not settings.composite:
         return edited
-    return composite(source=source, edited=edited, masks=feather_masks(masks=masks, pixels=request.feather))
+    return composite(source=run.source, edited=edited, masks=run.mask.feathered(pixels=run.plan.request.mask.feather))
 
 
-def _write_bundle(*, request: RunRequest, output: Path, info, span, source, edited, masks, detections,
-                  report: dict[str, Any]) -> None:
-    """Companions first (compare, plot, report), the MP4 last; a failure removes what was written,
-    so a failed run leaves no half bundle behind."""
+def _compare_frames(*, run: RunContext, edited: np.ndarray) -> np.ndarray:
+    """source | mask overlay | edited, at the size of the edited frames."""
+    from dmedit.fit import apply_fit, side_by_side
     from dmedit.masks import draw_preview
+
+    detections = run.mask.detection.detections if run.mask.detection is not None else None
+    source, overlay = run.source, draw_preview(frames=run.source, masks=run.mask.source, detections=detections)
+    if run.plan.request.output.size == "model":
+        source, overlay = (apply_fit(frames=frames, mapping=run.mask.mapping) for frames in (source, overlay))
+    return side_by_side(panels=[source, overlay, edited])
+
+
+def _write_bundle(*, run: RunContext, result: "EditResult", reporter: Reporter) -> None:
+    """Every file in a staging folder (compare, plot, MP4, then the report with the full timings),
+    renamed into place together at the end (outputs.staged_bundle)."""
     from dmedit.report import plot_losses, write_json
-    from dmedit.fit import side_by_side, to_model_frames
     from dmedit.video import write_video
 
-    audio = dict(audio_source=info.path if (request.audio and info.has_audio) else None,
-                 audio_start=span.start_time, audio_duration=span.duration)
-    written: list[Path] = []
-    try:
-        if request.compare:
-            overlay = draw_preview(frames=source, masks=masks, detections=detections.detections if detections else None)
-            if request.out_size == "model":
-                size = dict(width=edited.shape[2], height=edited.shape[1], fit=request.fit)
-                source, overlay = to_model_frames(frames=source, **size)[0], to_model_frames(frames=overlay, **size)[0]
-            written.append(companion(output=output, suffix=".compare.mp4"))
-            write_video(path=written[-1], frames=side_by_side(panels=[source, overlay, edited]), fps=span.fps,
-                        crf=request.crf, **audio)
-        if request.plot:
-            written.append(companion(output=output, suffix=".loss.png"))
-            plot_losses(path=written[-1], history=report["loss_history"])
-        written.append(companion(output=output, suffix=".json"))
-        write_json(path=written[-1], data=report)
-        write_video(path=output, frames=edited, fps=span.fps, crf=request.crf, **audio)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    plan, settings = run.plan, run.plan.request.output
+    edited = _output_frames(run=run, result=result)
+    has_audio = settings.audio and plan.info.has_audio
+    audio = dict(audio_source=plan.info.path if has_audio else None, audio_start=plan.span.start_time,
+                 audio_duration=plan.span.duration, crf=settings.crf, fps=plan.span.fps,
+                 timestamps=plan.span.timestamps)
+    with staged_bundle(output=plan.output) as folder:
+        if settings.compare:
+            compare = companion(output=plan.output, suffix=".compare.mp4")
+            write_video(path=folder / compare.name, frames=_compare_frames(run=run, edited=edited), **audio)
+        if settings.plot:
+            plot_losses(path=folder / companion(output=plan.output, suffix=".loss.png").name, history=result.history)
+        written = write_video(path=folder / plan.output.name, frames=edited, **audio)
+        if written.note:
+            run.notes.append(written.note)
+            reporter.warn(written.note)
+        report = _report(run=run, result=result, reporter=reporter, written=written)
+        write_json(path=folder / companion(output=plan.output, suffix=".json").name, data=report)
 
 
-def _report(*, request: RunRequest, info, span, entry: ModelEntry, config: EditConfig, mapping, result,
-            reporter: Reporter, wall: float) -> dict[str, Any]:
-    from dmedit.report import package_versions, peak_memory
+def _report(*, run: RunContext, result: "EditResult", reporter: Reporter, written: Any) -> dict[str, Any]:
+    from dmedit.report import package_versions, peak_memory, thread_settings
 
-    options = {k: v for k, v in asdict(request).items() if k != "edit_overrides"}
+    plan = run.plan
+    options = plan.request.to_dict()
+    options["output"]["path"] = str(plan.output)
+    entry = plan.entry
+    timings = {name: round(value, 3) for name, value in reporter.timings_so_far().items()}
     return {
-        "input": info.to_dict(),
-        "span": span.to_dict(),
-        "fit": mapping.to_dict(),
-        "options": options,
-        "edit": asdict(config),
-        "seed": config.seed,
+        "input": plan.info.to_dict(), "span": plan.span.to_dict(), "fit": run.mask.mapping.to_dict(),
+        "options": options, "edit": dataclasses.asdict(plan.config), "seed": plan.config.seed,
+        "resolved": {"device": str(plan.device), "dtype": str(plan.dtype).removeprefix("torch."),
+                     "frames": len(plan.span.indices), "model": entry.name, "mask": run.mask.origin,
+                     "detector": (plan.request.mask.detector or entry.detector) if run.mask.detection else None},
+        "threads": thread_settings(),
+        "mask": run.mask.to_dict(), "notes": list(run.notes),
+        "written": written.to_dict() | {"path": str(plan.output)},
         "model": {"name": entry.name, "family": entry.family, "repo": entry.repo, "revision": entry.revision,
                   "path": entry.path, "width": entry.width, "height": entry.height, "source_file": entry.source_file},
-        "versions": package_versions(),
-        "timings_s": {name: round(value, 3) for name, value in reporter.timings.items()} | {"total": round(wall, 3)},
-        "peak_memory": peak_memory(),
-        "steps_done": result.steps_done,
-        "loss_history": result.history,
+        "versions": package_versions(), "peak_memory": peak_memory(),
+        "timings_s": timings,
+        "steps_done": result.steps_done, "loss_history": result.history,
     }
 
 
-def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path, Path]:
-    """`dmedit mask`: detection only (no video model): OUT.mask.mp4 and OUT.masks/*.png."""
-    from dmedit import video as videos
-    from dmedit.masks import draw_preview, save_mask_pngs
-    from dmedit.registry import load_registry
-
-    if not request.mask_prompt.strip():
-        raise UsageError("--mask-prompt is empty: name the object to detect, e.g. --mask-prompt 'a bird'")
-    base = request.output or request.video.with_suffix("")
+def _mask_outputs(*, request: MaskRequest) -> tuple[Path, Path]:
+    base = request.output.path or request.video.with_suffix("")
     if base.suffix == ".mp4":
         base = base.with_suffix("")
-    preview, folder = base.with_name(f"{base.name}.mask.mp4"), base.with_name(f"{base.name}.masks")
-    videos.check_output_path(output=preview, inputs=[request.video], overwrite=request.overwrite)
-    if folder.exists() and not request.overwrite:
-        raise UsageError(f"{folder} exists; pass --overwrite to replace it")
-    info = videos.probe(path=request.video)
-    registry = load_registry(registry_file=request.registry)
-    entry = registry.model(request.model or DEFAULT_MODEL)
-    span = _select(info=info, entry=entry, span=SpanRequest(request.start, request.frames, request.stride, request.fps))
-    with reporter.stage("read"):
-        frames = videos.read_frames(info=info, span=span)
-    with reporter.stage("detect"):
-        result = _detect(registry=registry, detector_name=request.detector or entry.detector, frames=frames,
-                         prompt=request.mask_prompt, box_threshold=request.box_threshold,
-                         text_threshold=request.text_threshold, smooth=request.smooth, dilate=request.dilate,
-                         device=_resolve_device(request.device))
-    reporter.release()
-    with reporter.stage("write"):
-        videos.write_video(path=preview, frames=draw_preview(frames=frames, masks=result.masks, detections=result.detections),
-                           fps=span.fps)
-        staging = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_mask_pngs(masks=result.masks, folder=staging)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    reporter.line(f"wrote {preview} and {folder}/ ({len(span.indices)} masks)")
+    return base.with_name(f"{base.name}.mask.mp4"), base.with_name(f"{base.name}.masks")
+
+
+def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path, Path]:
+    """`dmedit mask`: detection only (no video model): OUT.mask.mp4 and OUT.masks/*.png (+ span.json)."""
+    from dmedit import video as videos
+    from dmedit.backends import resolve_device
+    from dmedit.mask_files import save_mask_pngs
+    from dmedit.masks import draw_preview
+    from dmedit.registry import load_registry
+
+    preview, folder = _mask_outputs(request=request)
+    with _memory_failures(reporter=reporter), videos.readable_input(path=request.video) as video:
+        videos.check_output_path(output=preview, inputs=[request.video, video], overwrite=request.output.overwrite)
+        if folder.exists() and not request.output.overwrite:
+            raise UsageError(f"{folder} exists; pass --overwrite to replace it")
+        with output_lock(output=preview):
+            info = videos.probe(path=video, shown_as=request.video)
+            registry = load_registry(registry_file=request.model.registry)
+            entry = registry.model(request.model.name)
+            span = _select_span(info=info, entry=entry, span=request.span)
+            device = resolve_device(name=request.model.device)
+            with reporter.stage("read"):
+                frames = videos.read_frames(info=info, span=span)
+            with reporter.stage("detect"):
+                result = _detect(registry=registry, entry=entry, settings=request.mask, prompt=request.mask.prompt,
+                                 frames=frames, device=device)
+            reporter.release()
+            with reporter.stage("write"):
+                overlay = draw_preview(frames=frames, masks=result.masks, detections=result.detections)
+                videos.write_video(path=preview, frames=overlay, fps=span.fps, crf=request.output.crf,
+                                   timestamps=span.timestamps)
+                staging = folder.with_name(f".{folder.name}.partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                save_mask_pngs(masks=result.masks, folder=staging, span=span.to_dict())
+                shutil.rmtree(folder, ignore_errors=True)
+                staging.rename(folder)
     return preview, folder
+

@@ -25,7 +25,7 @@ import platformdirs
 
 from dmedit.config import EDIT_DEFAULT_KEYS, DetectorEntry, DtypeByDevice, EditConfig, ModelEntry
 from dmedit.errors import UsageError
-from dmedit.backends import FAMILIES as VIDEO_FAMILIES
+from dmedit.backends import DETECTOR_FAMILIES, FAMILIES as VIDEO_FAMILIES
 from dmedit.hub import BUILDERS
 
 REGISTRY_FILE_NAME = "models.toml"
@@ -33,7 +33,7 @@ MODELS_ENV = "DMEDIT_MODELS"
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 TABLES = {"models": ModelEntry, "detectors": DetectorEntry}
 KINDS = {"models": "model", "detectors": "detector"}
-FAMILIES = {"models": tuple(VIDEO_FAMILIES), "detectors": ("grounding_dino",)}
+FAMILIES = {"models": tuple(VIDEO_FAMILIES), "detectors": tuple(DETECTOR_FAMILIES)}
 SUB_TABLES = ("dtype", "defaults")
 ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOML_TYPE_NAMES = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table"}

@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 
 PACKAGES = (
-    "dmedit", "torch", "diffusers", "transformers", "huggingface_hub", "av", "decord",
+    "dmedit", "torch", "diffusers", "transformers", "huggingface_hub", "av",
     "opencv-python-headless", "numpy", "typer", "rich",
 )
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 PLOT_COLOURS = ((40, 40, 220), (40, 160, 40), (200, 90, 20), (120, 40, 160))
 
 
@@ -42,6 +43,15 @@ def peak_memory() -> dict[str, float]:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return peaks
+
+
+def thread_settings() -> dict[str, Any]:
+    """The CPU thread count torch uses and the OpenMP variables in effect (see threads.py)."""
+    settings: dict[str, Any] = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        settings["torch_threads"] = torch.get_num_threads()
+    return settings
 
 
 def write_json(*, path: Path, data: Mapping[str, Any]) -> None:

@@ -1,25 +1,19 @@
-"""Speed and memory levers for the step's grad-enabled U-Net call (see BENCHMARKS.md).
+"""Memory lever for the step's grad-enabled U-Net call (see BENCHMARKS.md).
 
-- `checkpointed_blocks`: activation checkpointing for UNet3D (diffusers' UNet3D has none): each
-  down/mid/up block ("block"), or each resnet / temporal conv / transformer / resampler inside
-  them ("layer"), keeps only its inputs during the forward and recomputes its inside during
-  backward, so long clips fit in memory at the price of about one more forward of the grad call.
-- `stop_after_layers`: ends a forward pass right after the last listed layer has run, for a
-  grad pass whose only use is the captured keys (its noise prediction is then not computed).
+`checkpointed_blocks`: activation checkpointing for UNet3D (diffusers' UNet3D has none): each
+down/mid/up block ("block"), or each resnet / temporal conv / transformer / resampler inside them
+("layer"), keeps only its inputs during the forward and recomputes its inside during backward, so
+long clips fit in memory at the price of about one more forward of the grad call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint
-
-
-class StopForward(Exception):
-    """Raised inside a forward pass by `stop_after_layers` once every watched layer has run."""
 
 
 LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "downsamplers", "upsamplers")
@@ -72,30 +66,3 @@ def checkpointed_blocks(
     finally:
         for block in patched:
             del block.forward
-
-
-@contextlib.contextmanager
-def stop_after_layers(*, layers: Mapping[str, torch.nn.Module]) -> Iterator[dict[str, bool]]:
-    """End the forward pass inside this block (StopForward, swallowed on exit) once each module
-    of `layers` has produced an output. Register it after any hook that must still see the last
-    output (hooks run in registration order). Yields {"stopped": bool}, set on exit."""
-    pending = set(layers)
-    outcome = {"stopped": False}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_module: torch.nn.Module, _inputs: tuple, _output: object) -> None:
-            pending.discard(name)
-            if not pending:
-                raise StopForward(name)
-        return hook
-
-    try:
-        for name, module in layers.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
-        yield outcome
-    except StopForward:
-        outcome["stopped"] = True
-    finally:
-        for handle in handles:
-            handle.remove()

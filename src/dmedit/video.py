@@ -1,53 +1,65 @@
-"""Reading and writing real video: probe, span selection, decoding, and H.264 output with the
-source's audio. Fitting frames to the model's size and compositing live in fit.py.
+"""Reading and writing real video: probe, span selection (spans.py), decoding (decode.py, PyAV) and
+H.264 output (encode.py) with the source's audio (audio.py). Fitting to the model is fit.py.
 
 Rules a user sees:
-- Span start: an integer ("12") is a frame index; a number with a decimal point ("1.5", "2.")
-  or an "s" suffix ("2s", "1.5s") is seconds, rounded to the nearest frame.
-- `--fps F` samples the nearest source frames at rate F (a Fraction with denominator <= 1001, so
-  10/3 stays exact). A rate within 1% of the source rate means the source rate (contiguous
-  frames); a rate above that is refused, since it would repeat frames.
-- Output is MP4 (H.264, yuv420p, +faststart) whatever the suffix. yuv420p needs even sizes, so an
-  odd width or height gains one column/row on the right/bottom that repeats the edge pixels; the
-  written file then probes one pixel wider/taller.
+- Frames come out upright, as players show them: a display matrix of 90/180/270 degrees (portrait
+  phone video) is applied to the pixels, so VideoInfo.width/height are the displayed size and the
+  written file needs no rotation metadata. `rotation` reports the matrix's angle.
+- Pipes, FIFOs and devices (`dmedit run <(cat clip.mp4)`) are read through `readable_input`, which
+  copies them to a temporary file; a FIFO nobody writes to fails after INPUT_WAIT_SECONDS.
+- Output is MP4 (H.264, yuv420p, BT.601 limited range, +faststart) whatever the suffix, identical
+  bytes for identical frames (encode.py says why that needs care). yuv420p needs even sizes, so an
+  odd width or height gains one column/row on the right/bottom repeating the edge pixels;
+  WrittenVideo.padded records it.
+- Span rules (start, --fps, --stride, variable frame rate) are in spans.py.
 - The source's audio for the span goes along (see audio.py for copy vs AAC and precision).
+- Every failure is one line (InputError/UsageError); FFmpeg's own log never reaches the terminal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
+import select
+import stat
 import tempfile
-from contextlib import ExitStack
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
-import decord
 import numpy as np
 
+from dmedit import decode
 from dmedit.audio import audio_packets, mux_interleaved
+from dmedit.encode import WrittenVideo, add_video_stream, frame_pts, pictures
 from dmedit.errors import InputError, UsageError
 from dmedit.fit import check_frames
+from dmedit.media_log import ffmpeg_reason, quiet_ffmpeg
+from dmedit.settings import OutputSettings
+from dmedit.spans import SAME_RATE_TOLERANCE, Span, rate_fields, select_span
 
-SAME_RATE_TOLERANCE = Fraction(1, 100)
-_START_PATTERN = re.compile(r"^(?P<number>\d+\.?\d*|\.\d+)(?P<unit>s?)$")
+__all__ = [
+    "INPUT_WAIT_SECONDS", "SAME_RATE_TOLERANCE", "Span", "VideoInfo", "WrittenVideo", "check_output_path",
+    "probe", "read_frames", "readable_input", "select_span", "write_video",
+]
 
-
-def _rate_fields(rate: Fraction) -> dict:
-    return {"fps": f"{rate.numerator}/{rate.denominator}", "fps_float": float(rate)}
-
-
-def _reason(error: BaseException) -> str:
-    """FFmpeg's own words ("Invalid data found when processing input") without the errno noise."""
-    return getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+INPUT_WAIT_SECONDS = 10.0  # how long a pipe/FIFO may stay silent before readable_input gives up
+_COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What `probe` learned about a video; duration = frame_count / fps in seconds."""
+    """What `probe` learned about a video; duration = frame_count / fps in seconds.
+
+    path: the file decoded. shown_as: the name the user gave (a pipe readable_input copied), used
+    in to_dict and every message; None means `path`. width/height: the displayed (upright) size.
+    rotation: the display matrix's counter-clockwise angle, 0/90/180/270 (ffprobe prints 270 as
+    -90; phone portrait video is 90 or 270). variable_rate: frame intervals are uneven; fps is then
+    the average rate. index: the frame index decode.py reads spans with.
+    """
 
     path: Path
     width: int
@@ -59,165 +71,143 @@ class VideoInfo:
     pix_fmt: str
     has_audio: bool
     audio_codec: str | None
+    rotation: int = 0
+    variable_rate: bool = False
+    shown_as: Path | None = None
+    index: decode.StreamIndex | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def display_path(self) -> Path:
+        return self.shown_as if self.shown_as is not None else self.path
+
+    def frame_times(self) -> tuple[float, ...] | None:
+        """Every frame's presentation time in seconds from the first frame (None if unknown)."""
+        return self.index.times() if self.index is not None else None
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "width": self.width, "height": self.height, **_rate_fields(self.fps),
+            "path": str(self.display_path), "width": self.width, "height": self.height,
+            "rotation": self.rotation, **rate_fields(self.fps), "variable_rate": self.variable_rate,
             "frame_count": self.frame_count, "duration": self.duration, "codec": self.codec,
             "pix_fmt": self.pix_fmt, "has_audio": self.has_audio, "audio_codec": self.audio_codec,
         }
 
 
-def probe(*, path: Path) -> VideoInfo:
-    """Read a video's metadata and count its decodable frames; InputError names the file."""
+def probe(*, path: Path, shown_as: Path | None = None) -> VideoInfo:
+    """Read a video's metadata, count its frames (packets) and decode its first and last frames.
+
+    InputError (one line) names `shown_as` when given (the user's name for a copied pipe), else `path`.
+    """
     path = Path(path)
+    shown = Path(shown_as) if shown_as is not None else path
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{shown}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a video file")
+        raise InputError(f"{shown}: is a folder, not a video file")
+    if not path.is_file():
+        raise InputError(f"{shown}: is a pipe or device, not a regular file")
+    with quiet_ffmpeg():
+        with _opened(path=path, shown=shown) as (container, stream):
+            facts = _stream_facts(container=container, stream=stream, shown=shown)
+            index = decode.index_packets(container=container, stream=stream, shown=shown)
+        with _opened(path=path, shown=shown) as (container, stream):
+            picture = decode.first_frame(container=container, stream=stream)
+            if picture is None or not index.count:
+                raise InputError(f"{shown}: has no decodable video frames (damaged or empty video stream)")
+            rotation, steps = decode.orientation(matrix=decode.display_matrix(frame=picture), shown=shown)
+            sideways = decode.turns_sideways(steps=steps)
+            width, height = (picture.height, picture.width) if sideways else (picture.width, picture.height)
+            pix_fmt = picture.format.name
+        with _ffmpeg_errors(shown=shown):
+            if not decode.last_frame_decodes(path=path, index=index):
+                raise InputError(f"{shown}: cannot decode its last frame; it is truncated or damaged")
+    index = dataclasses.replace(index, steps=steps)
+    return VideoInfo(path=path, width=width, height=height, frame_count=index.count,
+                     duration=float(index.count / facts["fps"]), pix_fmt=pix_fmt, rotation=rotation,
+                     variable_rate=decode.is_variable_rate(index=index), shown_as=None if shown_as is None else shown,
+                     index=index, **facts)
+
+
+@contextmanager
+def _ffmpeg_errors(*, shown: Path) -> Iterator[None]:
+    """FFmpeg's errors (and the OS's) become one-line InputErrors naming `shown`."""
     try:
-        with av.open(str(path)) as container:
-            info = _stream_info(container=container, path=path)
+        yield
     except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"{path}: not a readable video file, or truncated ({_reason(error)})") from None
-    frame_count = _decodable_frame_count(path=path, header_frames=info.pop("header_frames"))
-    return VideoInfo(path=path, frame_count=frame_count, duration=float(frame_count / info["fps"]), **info)
+        raise InputError(f"{shown}: not a readable video file, or truncated ({ffmpeg_reason(error)})") from None
 
 
-def _stream_info(*, container: av.container.InputContainer, path: Path) -> dict:
-    if not container.streams.video:
-        raise InputError(f"{path}: has no video stream")
-    video = container.streams.video[0]
-    rate = video.average_rate or video.guessed_rate or video.base_rate
+@contextmanager
+def _opened(*, path: Path, shown: Path) -> Iterator[tuple]:
+    """(container, first video stream) of `path`, errors as in _ffmpeg_errors."""
+    with _ffmpeg_errors(shown=shown), av.open(str(path)) as container:
+        if not container.streams.video:
+            raise InputError(f"{shown}: has no video stream")
+        yield container, container.streams.video[0]
+
+
+def _stream_facts(*, container, stream, shown: Path) -> dict:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
-        raise InputError(f"{path}: the video stream has no frame rate")
-    try:
-        first = next(iter(container.decode(video)), None)
-    except av.error.FFmpegError:
-        first = None
-    if first is None:
-        raise InputError(f"{path}: has no decodable video frames (damaged or empty video stream)")
+        raise InputError(f"{shown}: the video stream has no frame rate")
     audio = container.streams.audio[0] if container.streams.audio else None
-    audio_codec = audio.codec_context.codec.canonical_name if audio else None
     return {
-        "width": first.width, "height": first.height, "fps": Fraction(rate),
-        "codec": video.codec_context.codec.canonical_name, "pix_fmt": first.format.name,
-        "has_audio": audio is not None, "audio_codec": audio_codec,
-        "header_frames": video.frames,
+        "fps": Fraction(rate), "codec": stream.codec_context.codec.canonical_name,
+        "has_audio": audio is not None, "audio_codec": audio.codec_context.codec.canonical_name if audio else None,
     }
 
 
-def _decodable_frame_count(*, path: Path, header_frames: int) -> int:
-    """decord indexes every packet; decoding the last frame catches a cut-off end."""
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        count = len(reader)
-        if count:
-            reader[count - 1]
-    except (decord.DECORDError, RuntimeError, IndexError):
-        raise InputError(f"{path}: cannot decode all of its frames; it is truncated or damaged") from None
-    if count == 0:
-        raise InputError(f"{path}: has no decodable video frames")
-    if header_frames and count < header_frames:
-        raise InputError(f"{path}: truncated: its header lists {header_frames} frames, {count} are present")
-    return count
-
-
-@dataclass(frozen=True)
-class Span:
-    """The source frames to edit and the rate they play at; duration = len(indices) / fps."""
-
-    indices: tuple[int, ...]
-    fps: Fraction
-    start_time: float
-    duration: float
-
-    def to_dict(self) -> dict:
-        return {
-            "start_frame": self.indices[0], "frames": len(self.indices), "indices": list(self.indices),
-            **_rate_fields(self.fps), "start_time": self.start_time, "duration": self.duration,
-        }
-
-
-def _round_half_up(value: Fraction) -> int:
-    return int((value + Fraction(1, 2)) // 1)
-
-
-def _start_frame(*, start: str | None, fps: Fraction) -> int:
-    if start is None:
-        return 0
-    match = _START_PATTERN.match(str(start).strip())
-    if match is None:
-        raise UsageError(f"start {start!r} is neither a frame index (12) nor seconds (1.5 or 1.5s)")
-    number = match["number"]
-    if match["unit"] or "." in number:
-        return _round_half_up(Fraction(number) * fps)
-    return int(number)
-
-
-def _sampling_rate(*, fps: float, info: VideoInfo) -> Fraction:
-    if not fps > 0:
-        raise UsageError(f"--fps must be positive, got {fps}")
-    rate = Fraction(fps).limit_denominator(1001)
-    if abs(rate - info.fps) <= info.fps * SAME_RATE_TOLERANCE:
-        return info.fps
-    if rate > info.fps:
-        raise UsageError(f"--fps {fps} exceeds the source rate {float(info.fps):.3f} of {info.path}")
-    return rate
-
-
-def select_span(
-    *, info: VideoInfo, start: str | None, frames: int, stride: int | None = None, fps: float | None = None
-) -> Span:
-    """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`.
-
-    `start` "12" is frame 12; "1.5", "2." or "1.5s" are seconds (nearest frame); None is frame 0.
-    """
-    if frames < 1:
-        raise UsageError(f"frames must be at least 1, got {frames}")
-    if stride is not None and fps is not None:
-        raise UsageError("--stride and --fps cannot be used together; pick one")
-    first = _start_frame(start=start, fps=info.fps)
-    if stride is not None:
-        if stride < 1:
-            raise UsageError(f"--stride must be at least 1, got {stride}")
-        rate = info.fps / stride
-        indices = tuple(first + stride * i for i in range(frames))
-    else:
-        rate = info.fps if fps is None else _sampling_rate(fps=fps, info=info)
-        step = info.fps / rate
-        indices = tuple(first + _round_half_up(step * i) for i in range(frames))
-    if indices[-1] >= info.frame_count:
-        raise InputError(
-            f"{info.path}: the span needs {frames} frames from frame {first} up to frame {indices[-1]}, "
-            f"but the video has only {info.frame_count} frames (0..{info.frame_count - 1})"
-        )
-    return Span(indices=indices, fps=rate, start_time=float(first / info.fps), duration=float(frames / rate))
-
-
 def read_frames(*, info: VideoInfo, span: Span) -> np.ndarray:
-    """Decode the span's frames at source size -> (T,H,W,3) uint8 RGB."""
-    try:
-        reader = decord.VideoReader(str(info.path), ctx=decord.cpu(0))
-        batch = reader.get_batch(list(span.indices))
-    except (decord.DECORDError, RuntimeError, IndexError):
-        first, last = span.indices[0], span.indices[-1]
-        raise InputError(f"{info.path}: cannot decode frames {first}..{last}; the file is damaged") from None
-    frames = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch, dtype=np.uint8)
-    if frames.shape != (len(span.indices), info.height, info.width, 3):
-        raise InputError(f"{info.path}: decoded {frames.shape}, not {info.width}x{info.height} RGB frames")
-    return np.ascontiguousarray(frames)
+    """Decode the span's frames, upright -> (T, info.height, info.width, 3) uint8 RGB.
+
+    T = len(span.indices); repeated indices give repeated frames. A frame that does not decode
+    (damaged data) is a one-line InputError naming it.
+    """
+    shown = info.display_path
+    index = info.index if info.index is not None else probe(path=info.path, shown_as=info.shown_as).index
+    with quiet_ffmpeg():
+        try:
+            found = decode.read_positions(path=info.path, index=index, positions=span.indices)
+        except (av.error.FFmpegError, OSError) as error:
+            raise InputError(f"{shown}: cannot decode frames {span.indices[0]}..{span.indices[-1]} "
+                             f"({ffmpeg_reason(error)})") from None
+    missing = sorted(set(span.indices) - found.keys())
+    if missing:
+        raise InputError(f"{shown}: frames {_numbers(missing)} do not decode (damaged data); "
+                         "choose a span without them")
+    shape = (info.height, info.width, 3)
+    for position in span.indices:
+        if found[position].shape != shape:
+            height, width = found[position].shape[:2]
+            raise InputError(f"{shown}: frame {position} is {width}x{height}, not {info.width}x{info.height} "
+                             "(the frame size changes mid-stream)")
+    return np.stack([found[position] for position in span.indices])
+
+
+def _numbers(values: Sequence[int]) -> str:
+    """[3, 4, 5, 9] -> '3..5, 9' (at most five runs, then '...')."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    text = [f"{a}..{b}" if b > a else f"{a}" for a, b in runs[:5]]
+    return ", ".join(text + (["..."] if len(runs) > 5 else []))
 
 
 def write_video(
-    *, path: Path, frames: np.ndarray, fps: Fraction, crf: int = 18,
+    *, path: Path, frames: np.ndarray, fps: Fraction, crf: int = OutputSettings.crf,
     audio_source: Path | None = None, audio_start: float = 0.0, audio_duration: float | None = None,
-) -> None:
-    """Write (T,H,W,3) uint8 frames as H.264 MP4 at exactly `fps`, atomically.
+    timestamps: Sequence[float] | None = None,
+) -> WrittenVideo:
+    """Write (T,H,W,3) uint8 frames as H.264 MP4, atomically; returns what was written.
 
-    Audio of `audio_source` from `audio_start` for `audio_duration` seconds (default: the video's
-    length) is muxed when that file has audio. An odd width/height gains one repeated edge
-    column/row. The file appears under `path` only when complete (a hidden partial file is renamed).
+    Frames play at exactly `fps`, or at `timestamps` (T presentation times in seconds, increasing,
+    e.g. Span.timestamps of a variable-rate source; `fps` then sets the last frame's length). Audio
+    of `audio_source` from `audio_start` for `audio_duration` seconds (default: the video's length)
+    is muxed when that file has audio. An odd width/height gains one repeated edge column/row.
+    The file appears under `path` only when complete (a hidden partial file is renamed).
     """
     check_frames(frames)
     fps = Fraction(fps)
@@ -226,49 +216,39 @@ def write_video(
     if not 0 <= crf <= 51:
         raise UsageError(f"--crf must be between 0 and 51, got {crf}")
     path = Path(path)
-    duration = float(len(frames) / fps) if audio_duration is None else audio_duration
+    time_base, pts = frame_pts(count=len(frames), fps=fps, timestamps=timestamps)
+    length = float(len(frames) / fps) if timestamps is None else float(timestamps[-1]) + float(1 / fps)
+    duration = length if audio_duration is None else audio_duration
+    height, width = frames.shape[1:3]
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}.mp4")
     try:
-        with ExitStack() as stack:
+        with quiet_ffmpeg(), ExitStack() as stack:
             container = stack.enter_context(
                 av.open(str(partial), mode="w", format="mp4", container_options={"movflags": "+faststart"})
             )
-            video = _add_video_stream(container=container, frames=frames, fps=fps, crf=crf)
-            audio_packets = []
-            if audio_source is not None:
-                span = {"start": audio_start, "end": audio_start + duration}
-                source = Path(audio_source)
-                audio_packets = _audio_packets_or_error(container=container, stack=stack, source=source, **span)
-            mux_interleaved(container=container, video=video, frames=(_even_frame(f) for f in frames),
-                            audio_packets=audio_packets)
+            video = add_video_stream(container=container, width=width, height=height, fps=fps,
+                                     time_base=time_base, crf=crf)
+            sound = [] if audio_source is None else _audio_packets_or_error(
+                container=container, stack=stack, source=Path(audio_source), start=audio_start,
+                end=audio_start + duration)
+            mux_interleaved(container=container, video=video, pictures=pictures(frames=frames, pts=pts),
+                            audio_packets=sound)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-
-
-def _add_video_stream(*, container, frames: np.ndarray, fps: Fraction, crf: int):
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width = frames.shape[2] + frames.shape[2] % 2
-    stream.height = frames.shape[1] + frames.shape[1] % 2
-    stream.pix_fmt = "yuv420p"
-    stream.codec_context.time_base = 1 / fps
-    stream.options = {"crf": str(crf), "preset": "medium"}
-    return stream
+    return WrittenVideo(path=path, width=video.width, height=video.height, source_width=width,
+                        source_height=height, padded=(video.width, video.height) != (width, height),
+                        frames=len(frames), fps=fps, duration=length, timestamps_kept=timestamps is not None,
+                        has_audio=bool(sound))
 
 
 def _audio_packets_or_error(*, container, stack: ExitStack, source: Path, start: float, end: float) -> list:
     try:
         source_container = stack.enter_context(av.open(str(source)))
     except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"{source}: cannot read its audio ({_reason(error)})") from None
+        raise InputError(f"{source}: cannot read its audio ({ffmpeg_reason(error)})") from None
     return audio_packets(container=container, source_container=source_container, start=start, end=end)
-
-
-def _even_frame(frame: np.ndarray) -> np.ndarray:
-    """Repeat the last row/column once when the height/width is odd (yuv420p needs even sizes)."""
-    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-    return np.pad(frame, pad, mode="edge") if any(after for _, after in pad) else np.ascontiguousarray(frame)
 
 
 def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
@@ -291,3 +271,57 @@ def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) 
             pass
     except OSError as error:
         raise UsageError(f"{output}: cannot write in the folder {folder} ({error.strerror})") from None
+
+
+@contextmanager
+def readable_input(*, path: Path, timeout: float = INPUT_WAIT_SECONDS) -> Iterator[Path]:
+    """Yield a path that can be opened, read and seeked as often as needed.
+
+    A regular file (or a missing/odd path, which probe then explains) is yielded unchanged. A pipe,
+    FIFO or character device (`dmedit run <(cat clip.mp4)`, i.e. /dev/fd/63) is copied into a
+    temporary file, deleted when the block ends; InputError (one line, naming `path`) when no data
+    arrives for `timeout` seconds, e.g. a FIFO nobody opens for writing, or the stream is empty.
+    Keep the user's name for messages and reports: `probe(path=yielded, shown_as=path)`, whose
+    VideoInfo.path (the copy) serves read_frames and write_video(audio_source=...) while the block
+    lasts and whose to_dict() shows `path`.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dmedit-input-") as folder:
+        copy = Path(folder) / f"input{path.suffix if path.suffix.isascii() else ''}"
+        _copy_stream(source=path, target=copy, timeout=timeout)
+        yield copy
+
+
+def _copy_stream(*, source: Path, target: Path, timeout: float) -> None:
+    """Copy a pipe/FIFO/device to `target`, waiting at most `timeout` seconds for each chunk."""
+    try:
+        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise InputError(f"{source}: cannot open it ({error.strerror})") from None
+    total = 0
+    try:
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN | select.POLLPRI)
+        with open(target, "wb") as copy:
+            while True:
+                if not poller.poll(timeout * 1000):
+                    raise InputError(f"{source}: no data arrived for {timeout:g} s (a pipe or FIFO nobody writes to?)")
+                try:
+                    chunk = os.read(descriptor, _COPY_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                copy.write(chunk)
+                total += len(chunk)
+    finally:
+        os.close(descriptor)
+    if not total:
+        raise InputError(f"{source}: the stream is empty")

@@ -1,8 +1,10 @@
-"""Model families behind one protocol (base.VideoBackend); device/dtype resolution; `load_backend`.
+"""Model families behind one protocol (base.VideoBackend), detector families behind another
+(masks.BoxDetector); device/dtype resolution; `load_backend` and `load_detector`.
 
-A family module exposes `load_<family>(*, folder, device, dtype, vae_dtype, variant, vae_chunk,
-offload)`; FAMILIES maps a registry entry's `family` to it (imported lazily: `--version` and
-`probe` never import torch).
+A video family module exposes `load_<family>(*, folder, device, dtype, vae_dtype, variant,
+vae_chunk, offload)`; FAMILIES maps a registry entry's `family` to it. A detector family exposes
+a class with `load(*, path, device)`; DETECTOR_FAMILIES maps a detector entry's `family` to it.
+Both are imported lazily: `--version` and `probe` never import torch.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from typing import TYPE_CHECKING
 from dmedit.errors import ModelError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from dmedit.backends.base import VideoBackend
-    from dmedit.config import ModelEntry
+    from dmedit.config import DetectorEntry, ModelEntry
+    from dmedit.masks import BoxDetector
 
 FAMILIES = {"text_to_video": "dmedit.backends.text_to_video:load_text_to_video"}
+DETECTOR_FAMILIES = {"grounding_dino": "dmedit.backends.grounding_dino:GroundingDinoDetector"}
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
@@ -60,31 +66,28 @@ def resolve_dtype(*, name: str, device: "torch.device", entry: "ModelEntry") -> 
     return table[chosen]
 
 
+def _family_member(*, table: dict[str, str], family: str, name: str, kind: str):
+    if family not in table:
+        raise ModelError(f"{kind} {name!r}: unknown family {family!r} (known: {', '.join(table)})")
+    module_name, member = table[family].split(":")
+    return getattr(importlib.import_module(module_name), member)
+
+
 def load_backend(
-    *,
-    entry: "ModelEntry",
-    device: "torch.device",
-    dtype: "torch.dtype",
-    vae_chunk: int = 8,
+    *, entry: "ModelEntry", folder: "Path", device: "torch.device", dtype: "torch.dtype", vae_chunk: int,
     offload: bool = False,
 ) -> "VideoBackend":
-    """Find the entry's weights (hub.resolve_weights) and load them with its family's loader."""
+    """Load the entry's weights from `folder` (hub.resolve_weights found it) with its family's loader."""
     import torch
 
-    from dmedit.hub import resolve_weights
-
-    if entry.family not in FAMILIES:
-        raise ModelError(f"model {entry.name!r}: unknown family {entry.family!r} (known: {', '.join(FAMILIES)})")
-    module_name, function_name = FAMILIES[entry.family].split(":")
-    loader = getattr(importlib.import_module(module_name), function_name)
-    folder = resolve_weights(entry=entry)
+    loader = _family_member(table=FAMILIES, family=entry.family, name=entry.name, kind="model")
     vae_dtype = torch.float32 if entry.vae_fp32 else dtype
-    return loader(
-        folder=folder,
-        device=device,
-        dtype=dtype,
-        vae_dtype=vae_dtype,
-        variant=entry.variant,
-        vae_chunk=vae_chunk,
-        offload=offload,
-    )
+    return loader(folder=folder, device=device, dtype=dtype, vae_dtype=vae_dtype, variant=entry.variant,
+                  vae_chunk=vae_chunk, offload=offload)
+
+
+def load_detector(*, entry: "DetectorEntry", folder: "Path", device: "torch.device") -> "BoxDetector":
+    """Load a detector entry's weights from `folder` with its family's class."""
+    detector_class = _family_member(table=DETECTOR_FAMILIES, family=entry.family, name=entry.name,
+                                    kind="detector")
+    return detector_class.load(path=folder, device=device)

@@ -18,7 +18,6 @@ class VideoBackend(Protocol):
     unet: torch.nn.Module
     device: torch.device
     dtype: torch.dtype
-    num_train_timesteps: int
 
     def encode_video(self, *, frames: torch.Tensor) -> torch.Tensor:
         """(F,3,H,W) in [-1,1] -> (1,C,F,h,w) latents in `dtype` on `device` (distribution mode)."""

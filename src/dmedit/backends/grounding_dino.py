@@ -124,7 +124,7 @@ def build_tiny_detector(*, path: Path) -> None:
 
 
 class GroundingDinoDetector:
-    """A loaded detector; `run`/`detect` take uint8 RGB frames at source size."""
+    """A loaded detector; `run` takes uint8 RGB frames at source size."""
 
     def __init__(
         self, *, model: GroundingDinoForObjectDetection, processor: GroundingDinoProcessor, device: torch.device
@@ -151,24 +151,6 @@ class GroundingDinoDetector:
         processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
         return cls(model=model.to(device).eval(), processor=processor, device=device)
 
-    def detect(
-        self,
-        *,
-        frames: np.ndarray,
-        prompt: str,
-        box_threshold: float,
-        text_threshold: float,
-        batch_size: int = 8,
-    ) -> list[list[Detection]]:
-        """(T,H,W,3) uint8 RGB -> per frame, the boxes (source px) scoring above `box_threshold`."""
-        return self.run(
-            frames=frames,
-            prompt=prompt,
-            box_threshold=box_threshold,
-            text_threshold=text_threshold,
-            batch_size=batch_size,
-        ).detections
-
     def run(
         self,
         *,
@@ -178,7 +160,8 @@ class GroundingDinoDetector:
         text_threshold: float,
         batch_size: int = 8,
     ) -> DetectionRun:
-        """Like `detect`, also reporting the best box score seen over all frames.
+        """(T,H,W,3) uint8 RGB -> per frame, the boxes (source px) scoring above `box_threshold`,
+        and the best box score seen over all frames (passing or not).
 
         A box is kept when its score (the best token probability) is above `box_threshold` and
         the best token of some prompt phrase is above `text_threshold`; its label is that phrase.

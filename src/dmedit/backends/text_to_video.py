@@ -34,12 +34,8 @@ class TextToVideoBackend:
     device: torch.device
     dtype: torch.dtype
     vae_dtype: torch.dtype
-    vae_chunk: int = 8
+    vae_chunk: int
     offload: bool = False
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.alphas_cumprod.shape[0])
 
     @property
     def scaling_factor(self) -> float:
@@ -111,8 +107,8 @@ def load_text_to_video(
     device: torch.device,
     dtype: torch.dtype,
     vae_dtype: torch.dtype,
+    vae_chunk: int,
     variant: str | None = None,
-    vae_chunk: int = 8,
     offload: bool = False,
 ) -> TextToVideoBackend:
     """Load the five components from a folder in the hub layout; failures become ModelError."""

@@ -1,0 +1,71 @@
+"""Checkpoints of a DreamMotion run (OUT.run/checkpoint.pt): what `--resume` continues from.
+
+A checkpoint holds x(θ), the optimizer, the noise generator, the step count, the history and the
+run's fingerprint (the digest of its frames, masks, prompts, settings and model), so a resumed run
+reaches the same result as an unbroken one and refuses a checkpoint of another run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from dmedit.errors import UsageError
+
+if TYPE_CHECKING:
+    from dmedit.editor import EditSession, EditState
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_path(*, folder: Path) -> Path:
+    """The checkpoint file inside a run's checkpoint folder."""
+    return Path(folder) / CHECKPOINT_NAME
+
+
+def save_checkpoint(*, session: "EditSession", state: "EditState", path: Path) -> None:
+    """Write latents, optimizer, generator, step, history and fingerprint atomically to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": session.fingerprint,
+        "step": state.step,
+        "latents": state.latents.detach().cpu().clone(),
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "history": state.history,
+    }
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_checkpoint(*, session: "EditSession", state: "EditState", path: Path | None) -> None:
+    """Restore `state` from `path`; UsageError if it is missing, unreadable, from another run, or
+    past the session's step count."""
+    if path is None or not path.is_file():
+        raise UsageError(f"{path}: no checkpoint to resume from")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the checkpoint ({type(error).__name__}); "
+                         "delete it to start over") from error
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("fingerprint") != session.fingerprint:
+        raise UsageError(f"{path}: checkpoint is from a different run (other video, masks, prompts, "
+                         "model or settings); delete it or drop --resume")
+    if int(payload["step"]) > session.config.steps:
+        raise UsageError(f"{path}: the checkpoint is at step {payload['step']}, past --steps "
+                         f"{session.config.steps}; raise --steps or drop --resume")
+    with torch.no_grad():
+        state.latents.copy_(payload["latents"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.generator.set_state(payload["generator"])
+    state.step = int(payload["step"])
+    state.history = {name: list(values) for name, values in payload["history"].items()}

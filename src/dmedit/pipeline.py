@@ -21,6 +21,7 @@ import numpy as np
 from dmedit.config import EditConfig, ModelEntry
 from dmedit.console import Reporter
 from dmedit.errors import OutOfMemoryError, UsageError
+from dmedit.model_cache import ModelCache
 from dmedit.outputs import companion, output_lock, remove_stale_partials, staged_bundle
 from dmedit.settings import MaskRequest, MaskSettings, RunRequest, SpanSettings
 
@@ -55,6 +56,7 @@ class RunPlan:
     config: EditConfig
     device: "torch.device"
     dtype: "torch.dtype"
+    models: ModelCache
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -84,8 +86,9 @@ def _memory_failures(*, reporter: Reporter) -> Iterator[None]:
         raise OutOfMemoryError(f"out of memory{where}; {MEMORY_ADVICE}") from None
 
 
-def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
-    """The whole `dmedit run`; returns the output path (None when skipped)."""
+def run_edit(*, request: RunRequest, reporter: Reporter, models: ModelCache | None = None) -> Path | None:
+    """The whole `dmedit run`; returns the output path (None when skipped). `models` keeps loaded
+    models for later runs of this process (a batch); None loads them for this run alone."""
     from dmedit import video as videos
 
     output = request.output.path or default_output(video=request.video)
@@ -99,7 +102,8 @@ def run_edit(*, request: RunRequest, reporter: Reporter) -> Path | None:
         videos.check_output_path(output=output, inputs=[request.video, video], overwrite=overwrite)
         with output_lock(output=output):
             remove_stale_partials(output=output)
-            plan = _plan(request=request, video=video, output=output, reporter=reporter)
+            plan = _plan(request=request, video=video, output=output, reporter=reporter,
+                         models=models if models is not None else ModelCache())
             run = _context(plan=plan, reporter=reporter)
             result = _optimise(run=run, reporter=reporter)
             with reporter.stage("write"):
@@ -126,7 +130,7 @@ def _select_span(*, info: "VideoInfo", entry: ModelEntry, span: SpanSettings) ->
     return select_span(info=info, start=span.start, frames=count, stride=span.stride, fps=span.fps)
 
 
-def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter) -> RunPlan:
+def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter, models: ModelCache) -> RunPlan:
     from dmedit import video as videos
     from dmedit.backends import resolve_device, resolve_dtype
     from dmedit.hub import resolve_weights
@@ -143,18 +147,17 @@ def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter)
     dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
     return RunPlan(request=request, output=output, info=info, span=span, registry=registry, entry=entry,
-                   weights=weights, config=config, device=device, dtype=dtype)
+                   weights=weights, config=config, device=device, dtype=dtype, models=models)
 
 
 def _detect(*, registry: "Registry", entry: ModelEntry, settings: MaskSettings, prompt: str,
-            frames: np.ndarray, device: "torch.device") -> "MaskResult":
+            frames: np.ndarray, device: "torch.device", models: ModelCache) -> "MaskResult":
     """Masks of `prompt` at source size from the settings' detector (default: the entry's)."""
-    from dmedit.backends import load_detector
     from dmedit.hub import resolve_weights
     from dmedit.masks import detect_masks
 
     detector_entry = registry.detector(settings.detector or entry.detector)
-    detector = load_detector(entry=detector_entry, folder=resolve_weights(entry=detector_entry), device=device)
+    detector = models.detector(entry=detector_entry, folder=resolve_weights(entry=detector_entry), device=device)
     threshold = {"box_threshold": settings.box_threshold, "text_threshold": settings.text_threshold}
     for name, value in threshold.items():
         threshold[name] = getattr(detector_entry, name) if value is None else value
@@ -178,7 +181,7 @@ def _edit_mask(*, plan: RunPlan, source: np.ndarray) -> "EditMask":
                                 span_indices=plan.span.indices)
     else:
         origin = "detected"
-        detection = _detect(registry=plan.registry, entry=plan.entry, settings=settings,
+        detection = _detect(registry=plan.registry, entry=plan.entry, settings=settings, models=plan.models,
                             prompt=plan.request.detection_prompt, frames=source, device=plan.device)
         masks = detection.masks
     focus = None if origin == "full" else mask_tools.mask_bounds(masks=masks)
@@ -210,15 +213,14 @@ def _context(*, plan: RunPlan, reporter: Reporter) -> RunContext:
 
 def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
     from dmedit import editor
-    from dmedit.backends import load_backend
     from dmedit.checkpoints import checkpoint_path
     from dmedit.fit import apply_fit, frames_to_tensor
     from dmedit.interrupts import stop_after_step
 
     plan, settings = run.plan, run.plan.request.model
     with reporter.stage("load model"):
-        backend = load_backend(entry=plan.entry, folder=plan.weights, device=plan.device, dtype=plan.dtype,
-                               vae_chunk=settings.vae_chunk, offload=settings.offload)
+        backend = plan.models.backend(entry=plan.entry, folder=plan.weights, device=plan.device, dtype=plan.dtype,
+                                      vae_chunk=settings.vae_chunk, offload=settings.offload)
     with reporter.stage("encode"):
         pixels = frames_to_tensor(frames=apply_fit(frames=run.source, mapping=run.mask.mapping))
         latent_mask = run.mask.latent(latent_height=plan.entry.height // 8, latent_width=plan.entry.width // 8)
@@ -340,7 +342,7 @@ def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path,
                 frames = videos.read_frames(info=info, span=span)
             with reporter.stage("detect"):
                 result = _detect(registry=registry, entry=entry, settings=request.mask, prompt=request.mask.prompt,
-                                 frames=frames, device=device)
+                                 frames=frames, device=device, models=ModelCache())
             reporter.release()
             with reporter.stage("write"):
                 overlay = draw_preview(frames=frames, masks=result.masks, detections=result.detections)

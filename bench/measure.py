@@ -157,7 +157,7 @@ def measure(*, live: LiveConfig, device: torch.device, peak_tflops: float | None
     record = dict(
         name=config.name, series=config.series, model=config.model, width=config.width,
         height=config.height, latent=[config.width // 8, config.height // 8], frames=config.frames,
-        dtype=config.dtype, autocast=config.autocast, checkpointing=config.checkpointing,
+        dtype=config.dtype, autocast=config.autocast, checkpointing=config.checkpointing, window=config.window,
         key_layers=list(session.key_layers),
         attention_processors=sorted({type(p).__name__ for p in session.backend.unet.attn_processors.values()}),
         warmup=config.warmup, repeats=config.repeats,

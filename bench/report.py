@@ -32,6 +32,11 @@ TEMPLATE = """# Benchmarks
 
 <!-- bench:threads -->
 <!-- /bench:threads -->
+
+## Whole clips in windows
+
+<!-- bench:windows -->
+<!-- /bench:windows -->
 """
 
 
@@ -245,6 +250,32 @@ def _threads_table(*, records: list[dict]) -> list[str]:
     return lines
 
 
+def windows_block(*, results: list[dict]) -> list[str]:
+    """The latest run of whole clips in windows (configurations with a `window`): per clip length the
+    windows a step visits on the base grid, step time, time per window and step memory."""
+    runs = [data for data in results if any(record.get("window") for record in data.get("configs", []))]
+    if not runs:
+        return ["No run of windowed configurations yet (`python -m bench.run --only window`)."]
+    data = runs[-1]
+    rows = [record for record in data["configs"] if record.get("window") and "step_s" in record]
+    lines = [f"From `bench/results/{data['file']}` (`{data.get('command', 'python -m bench.run')}`).", "",
+             "| configuration | frames | window (overlap) | windows per step | step s, median | s per window | "
+             "step memory MiB above start |", "|---|---|---|---|---|---|---|"]
+    for record in rows:
+        window, frames = record["window"], record["frames"]
+        stride = window - window // 2
+        count = 1 if frames <= window else len(range(0, frames - window, stride)) + 1
+        step = record["step_s"]["median"]
+        memory = record["step_memory"]["above_start_bytes"] / 2**20
+        lines.append(f"| {record['name']} | {frames} | {window} ({window // 2}) | {count} | {_fmt(step)} | "
+                     f"{_fmt(step / count)} | {memory:,.1f} |")
+    for series, fit in data.get("scaling", {}).items():
+        if any(record["series"] == series for record in rows):
+            lines += ["", f"Step time against frames, {series}: exponent {fit['step_exponent']:.2f} "
+                          f"(bare U-Net work {fit['bare_exponent']:.2f}) over {fit['frames']} frames."]
+    return lines
+
+
 def replace_block(*, text: str, name: str, lines: list[str]) -> str:
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -262,4 +293,5 @@ def write_markdown(*, results_dir: Path, path: Path) -> None:
     text = replace_block(text=text, name="changes", lines=changes_block(results=results))
     text = replace_block(text=text, name="history", lines=history_block(results=results))
     text = replace_block(text=text, name="threads", lines=threads_block(results_dir=results_dir))
+    text = replace_block(text=text, name="windows", lines=windows_block(results=results))
     path.write_text(text, encoding="utf-8")

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 SCALING_FRAMES = (4, 8, 16, 24)
+WINDOWED_FRAMES = (32, 64, 128, 256)  # whole clips in windows of 16 frames (issue 12)
 GPU_FRAMES = (8, 16, 24, 48)
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s (no sparsity).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
@@ -62,6 +63,10 @@ def cpu_configs(*, quick: bool) -> list[BenchConfig]:
     for frames in large_frames:
         configs.append(BenchConfig(name=f"tiny-256-f{frames}", series="tiny-256", model="tiny", width=256,
                                    height=256, frames=frames, repeats=2 if quick else 4, warmup=0))
+    for frames in (32, 64) if quick else WINDOWED_FRAMES:
+        configs.append(BenchConfig(name=f"tiny-64-window16-f{frames}", series="tiny-64-window16", model="tiny",
+                                   width=64, height=64, frames=frames, window=16, repeats=2 if quick else 5,
+                                   warmup=1))
     small = dict(series="zeroscope-arch-small", model="zeroscope-arch", width=64, height=64, frames=2,
                  repeats=1, warmup=0)
     configs.append(BenchConfig(name="zeroscope-arch-small", wall_steps=2, **{**small, "repeats": 1 if quick else 2}))

@@ -40,7 +40,8 @@ class BenchConfig:
     repeats: timed (step, bare) pairs after the untimed memory and FLOP calls and `warmup` more
     untimed pairs; wall_steps > 0 also times that many consecutive steps from a fresh state.
     checkpointing ("block" / "layer") selects the engine's memory lever (dmedit.speed);
-    key_layers None means the registry's; autocast ("bf16" / "fp16") runs step and
+    key_layers None means the registry's; window: temporal windows of that many frames sharing half
+    of them (the whole clip in one window when None); autocast ("bf16" / "fp16") runs step and
     bare compute inside torch.autocast (with fp32 weights: dtype "fp32").
     """
 
@@ -55,6 +56,7 @@ class BenchConfig:
     warmup: int = 0
     wall_steps: int = 0
     checkpointing: str | None = None
+    window: int | None = None
     key_layers: tuple[str, ...] | None = None
     autocast: str | None = None
 
@@ -186,6 +188,8 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
     backend = backends.get(model=config.model, dtype=config.dtype)
     entry = load_registry().model(registry_name(config.model))
     edit_config = EditConfig().merged(dict(entry.defaults))
+    if config.window is not None:
+        edit_config = edit_config.merged(dict(window=config.window, window_overlap=config.window // 2))
     frames = torch.zeros(config.frames, 3, config.height, config.width)
     session = editor.prepare(
         backend=backend, frames=frames,
@@ -199,31 +203,34 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
 
 
 def bare_compute(*, session: editor.EditSession) -> tuple[Callable[[], None], int, int]:
-    """The step's U-Net work alone: one no-grad call over the three no-grad branches (3N frames)
-    and one grad call on the SSM branch (N frames) with a full backward to its input latents,
-    on the session's latents, embeddings and a fixed timestep. Returns (fn, 3N, N)."""
-    backend, plan = session.backend, session.plan
-    config = session.config
+    """The step's U-Net work alone, window by window on the base grid (one window of every frame
+    unless the session is windowed): per window of N frames one no-grad call over the three
+    no-grad branches (3N frames) and one grad call on the SSM branch (N frames) with a full backward
+    to its input latents, on the session's latents, embeddings and a fixed timestep.
+    Returns (fn, 3N summed over windows, N summed over windows)."""
+    backend, plan, config = session.backend, session.plan, session.config
     generator = torch.Generator().manual_seed(config.seed)
     noise = torch.randn(session.source_latents.shape, generator=generator).to(backend.device)
     t = (config.t_min + config.t_max) // 2
     noised = backend.add_noise(latents=session.source_latents, noise=noise,
                                timesteps=torch.full((1,), t, device=backend.device)).to(backend.dtype)
     no_grad_branches = tuple(name for name in editor.BRANCHES if name != plan.grad)
-    no_grad_latents = torch.cat([noised] * len(no_grad_branches))
     no_grad_embeddings = backend.encode_prompts(
         prompts=["", SRC_PROMPT, TGT_PROMPT])[[editor.BRANCHES[name][1] for name in no_grad_branches]]
     grad_embeddings = session.branch_embeddings[(plan.grad,)]
     cotangent = torch.randn(noised.shape, generator=generator).to(backend.device, backend.dtype)
+    length, starts = session.windows.length, session.windows.starts(offset=0)
+    timesteps = {count: torch.full((count,), t, device=backend.device) for count in (1, len(no_grad_branches))}
 
     def run() -> None:
-        with torch.no_grad():
-            backend.predict_noise(latents=no_grad_latents, timesteps=torch.full((len(no_grad_branches),), t,
-                                  device=backend.device), text_embeddings=no_grad_embeddings)
-        latents = noised.detach().requires_grad_(True)
-        eps = backend.predict_noise(latents=latents, timesteps=torch.full((1,), t, device=backend.device),
-                                    text_embeddings=grad_embeddings)
-        torch.autograd.backward(eps, grad_tensors=cotangent, inputs=[latents])
+        for start in starts:
+            window = noised[:, :, start : start + length]
+            with torch.no_grad():
+                backend.predict_noise(latents=torch.cat([window] * len(no_grad_branches)),
+                                      timesteps=timesteps[len(no_grad_branches)], text_embeddings=no_grad_embeddings)
+            latents = window.detach().requires_grad_(True)
+            eps = backend.predict_noise(latents=latents, timesteps=timesteps[1], text_embeddings=grad_embeddings)
+            torch.autograd.backward(eps, grad_tensors=cotangent[:, :, start : start + length], inputs=[latents])
 
-    frames = session.frame_count
+    frames = length * len(starts)
     return run, len(no_grad_branches) * frames, frames

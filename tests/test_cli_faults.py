@@ -49,7 +49,7 @@ def dead_pid() -> int:
 
 def test_sigterm_in_the_loop_checkpoints_and_resume_finishes(tmp_path: Path, ntsc_clip: Path) -> None:
     output = tmp_path / "out.mp4"
-    args = tiny_args(ntsc_clip, output, "--steps", "60", "--log-every", "1")
+    args = tiny_args(ntsc_clip, output, "--steps", "12", "--log-every", "1")
     process = start(args)
     wait_for_line(process, "step 2/")
     process.send_signal(signal.SIGTERM)
@@ -60,7 +60,7 @@ def test_sigterm_in_the_loop_checkpoints_and_resume_finishes(tmp_path: Path, nts
     assert not output.exists() and (tmp_path / "out.run" / "checkpoint.pt").is_file()
     resumed = dmedit(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((tmp_path / "out.json").read_text())["steps_done"] == 60
+    assert json.loads((tmp_path / "out.json").read_text())["steps_done"] == 12
 
 
 def test_sigterm_while_the_bundle_is_written_leaves_all_or_nothing(tmp_path: Path, ntsc_clip: Path) -> None:

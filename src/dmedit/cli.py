@@ -17,6 +17,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
+from dmedit.batch_options import with_run_options
 from dmedit.config import EditConfig
 from dmedit.console import Reporter
 from dmedit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, DmeditError, Terminated
@@ -83,7 +84,8 @@ def _option(*names: str, help: str, panel: str, default: str | bool = True, **ch
 VideoArg = Annotated[Path, typer.Argument(help="Input video (a file, or a pipe such as <(cat clip.mp4)).",
                                           show_default=False, rich_help_panel=INPUT)]
 Start = Annotated[Optional[str], _option(help="First frame: an index (12) or seconds (1.5s).", panel=FRAMES, default="0")]
-Frames = Annotated[Optional[int], _option(help="Frames to edit.", panel=FRAMES, default=MODELS, min=1)]
+Frames = Annotated[Optional[str], _option(help="Frames to edit: a number, or 'all' (to the end; long spans go in windows).",
+                                          panel=FRAMES, default=MODELS)]
 Stride = Annotated[Optional[int], _option(help="Take every K-th frame.", panel=FRAMES, default="1", min=1)]
 Fps = Annotated[Optional[float], _option(help="Sample at this frame rate.", panel=FRAMES, default="the source's")]
 ModelName = Annotated[str, _option(help="Registry entry.", panel=MODEL)]
@@ -183,6 +185,9 @@ def run(
     stride: Stride = None,
     fps: Fps = None,
     fit: Annotated[Fit, _option(help="How frames meet the model's size (crop follows the mask).", panel=FRAMES)] = Fit(SpanSettings.fit),
+    window: Annotated[Optional[int], _option(help="Frames per temporal window when the span is longer than the model takes.", panel=FRAMES, default=MODELS, min=1)] = None,
+    window_overlap: Annotated[Optional[int], _option(help="Frames neighbouring windows share.", panel=FRAMES, default="half the window", min=0)] = None,
+    windows_per_step: Annotated[int, _option(help="Windows each step visits, at random (0: all).", panel=FRAMES, min=0)] = EditConfig.windows_per_step,
     crf: Annotated[int, _option(help="H.264 quality (lower is better).", panel=OUTPUT, min=0, max=51)] = OutputSettings.crf,
     no_audio: Annotated[bool, _option("--no-audio", help="Drop the source's audio.", panel=OUTPUT)] = False,
     out_size: Annotated[OutSize, _option(help="Write at the source's or the model's resolution.", panel=OUTPUT)] = OutSize(OutputSettings.size),
@@ -264,7 +269,9 @@ def run_request(*, flags: dict) -> RunRequest:
             lambda_spatial=0.0 if flags["no_spatial_ssm"] else flags["lambda_spatial"],
             lambda_temporal=0.0 if flags["no_temporal_ssm"] else flags["lambda_temporal"],
             use_mask=False if flags["no_mask"] else None, ssm_keys=_value(flags["ssm_keys"]),
-            ssm_reduction=_value(flags["ssm_reduction"]), checkpoint_every=flags["checkpoint_every"]),
+            ssm_reduction=_value(flags["ssm_reduction"]), checkpoint_every=flags["checkpoint_every"],
+            window=flags["window"], window_overlap=flags["window_overlap"],
+            windows_per_step=flags["windows_per_step"]),
         output=OutputSettings(path=flags["output"], crf=flags["crf"], audio=not flags["no_audio"],
                               size=flags["out_size"].value, compare=flags["compare"], plot=flags["plot"],
                               composite=not flags["no_composite"], overwrite=flags["overwrite"],
@@ -341,6 +348,11 @@ def models_pull(ctx: typer.Context, name: Annotated[str, typer.Argument(help="En
     with exit_codes(Reporter()):
         folder = pull_entry(name=name, registry_file=ctx.obj)
         typer.echo(f"{name}: weights in {folder}")
+
+
+from dmedit.batch_command import BATCH_EXIT_CODES_HELP, batch  # noqa: E402 (it uses the options above)
+
+app.command(epilog=BATCH_EXIT_CODES_HELP)(with_run_options(command=batch, run=run))
 
 
 def main() -> None:

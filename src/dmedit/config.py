@@ -52,6 +52,9 @@ class EditConfig:
         the paper's Eq. 12 and 15 write it (lambdas smaller by the entry count, see README).
     guidance_scale: w in diffusers' convention eps_u + w * (eps_c - eps_u); the paper's Eq. 6
         writes (1 + w) eps_c - w eps_u, so its w is one less than ours for the same guidance.
+    window / window_overlap / windows_per_step: temporal windows (windows.py): 0 = the whole span
+        in one window; otherwise each step visits windows of `window` latent frames sharing
+        `window_overlap` frames on a grid shifted every step, every window (0) or that many at random.
     """
 
     steps: int = 200
@@ -65,6 +68,9 @@ class EditConfig:
     use_mask: bool = True
     ssm_keys: SsmKeys = "conditional"
     ssm_reduction: SsmReduction = "mean"
+    window: int = 0
+    window_overlap: int = 0
+    windows_per_step: int = 0
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -79,6 +85,9 @@ class EditConfig:
         require_finite(name="--t-max", value=self.t_max, low=0, high=TRAIN_TIMESTEPS - 1)
         if self.t_min > self.t_max:
             raise UsageError(f"--t-min {self.t_min} is above --t-max {self.t_max}")
+        require_finite(name="--window", value=self.window, low=0, high=100_000)
+        require_finite(name="--window-overlap", value=self.window_overlap, low=0, high=max(0, self.window - 1))
+        require_finite(name="--windows-per-step", value=self.windows_per_step, low=0, high=100_000)
         require_finite(name="--seed", value=self.seed, low=0, high=MAX_SEED)
         require_finite(name="--checkpoint-every", value=self.checkpoint_every, low=1, high=1_000_000)
         if self.ssm_keys not in typing.get_args(SsmKeys):
@@ -120,6 +129,8 @@ class ModelEntry:
     (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), which wins when set.
     builder: name of an offline builder (only "tiny-t2v") that creates the folder when it is missing.
     detector: the detectors entry that makes masks from text for this model by default.
+    window / window_overlap: the temporal windows of a span longer than max_frames (None: `frames`
+    frames, sharing half of them).
     key_layers: fnmatch patterns over U-Net module names selecting the spatial self-attention
     `Attention` modules (…attentions.*…attn1) whose `to_k` outputs feed the SSM losses.
     defaults: EditConfig overrides (keys from EDIT_DEFAULT_KEYS).
@@ -138,6 +149,8 @@ class ModelEntry:
     variant: str | None = None
     builder: str | None = None
     vae_fp32: bool = True
+    window: int | None = None
+    window_overlap: int | None = None
     detector: str = "grounding-dino-tiny"
     dtype: DtypeByDevice = field(default_factory=DtypeByDevice)
     defaults: dict[str, Any] = field(default_factory=dict)

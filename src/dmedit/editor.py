@@ -35,6 +35,7 @@ from dmedit.config import EditConfig
 from dmedit.errors import InterruptedRun, ModelError
 from dmedit.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
 from dmedit.speed import GRANULARITIES, checkpointed_blocks
+from dmedit.windows import WindowPlan, draw_starts
 
 SSM_FRAME_CHUNK = 4
 # branch name -> (which latents, which prompt: 0 = null, 1 = source, 2 = target)
@@ -64,7 +65,8 @@ class EditSession:
     (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
     the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
     modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
-    granularity ("block" or "layer") of activation checkpointing in the grad call."""
+    granularity ("block" or "layer") of activation checkpointing in the grad call. windows: the
+    temporal windows a step visits (one window of every frame unless config.window is set)."""
 
     backend: VideoBackend
     config: EditConfig
@@ -74,6 +76,7 @@ class EditSession:
     branch_embeddings: dict[tuple[str, ...], torch.Tensor]
     plan: BranchPlan
     fingerprint: str
+    windows: WindowPlan
     key_modules: dict[str, Attention] = field(default_factory=dict)
     checkpointing: str | None = None
 
@@ -96,12 +99,24 @@ class EditState:
 
 @dataclass
 class EditResult:
-    """frames: (F,3,H,W) float32 CPU in [-1,1]; latents: final x(θ), (1,C,F,h,w) float32 CPU."""
+    """frames: (F,3,H,W) float32 CPU in [-1,1]; latents: final x(θ), (1,C,F,h,w) float32 CPU;
+    windows: the temporal windows the steps visited."""
 
     frames: torch.Tensor
     latents: torch.Tensor
     history: dict[str, list[float]]
     steps_done: int
+    windows: WindowPlan
+
+
+@dataclass
+class StepDraw:
+    """What one step draws from the generator, in this order: t ((1,) long), ε (the whole clip's
+    (1,C,F,h,w)) and the starts of the windows it visits; every window shares t and ε."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    starts: list[int]
 
 
 @dataclass
@@ -173,10 +188,14 @@ def prepare(
     prompts = ["", src_prompt, tgt_prompt]
     embeddings = backend.encode_prompts(prompts=prompts)
     calls = [plan.no_grad] + ([(plan.grad,)] if plan.grad is not None else [])
+    count = int(source.shape[2])
+    windowed = 0 < config.window < count
+    windows = WindowPlan(frames=count, length=config.window if windowed else count,
+                         overlap=config.window_overlap if windowed else 0, per_step=config.windows_per_step)
     return EditSession(
         backend=backend, config=config, key_layers=tuple(key_layers), source_latents=source, mask=mask,
         branch_embeddings={call: embeddings[[BRANCHES[name][1] for name in call]] for call in calls},
-        plan=plan, key_modules=key_modules, checkpointing=checkpointing,
+        plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows,
         fingerprint=_fingerprint(frames=frames, masks=masks, prompts=prompts, config=config,
                                  key_layers=key_layers, backend=backend),
     )
@@ -197,7 +216,7 @@ def _unet_call(
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
     """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, the keys of branch `keys_of`
     per key layer, each (F,HW,C), or None when keys_of is None)."""
-    backend, frames = session.backend, session.frame_count
+    backend, frames = session.backend, int(noised["x_t"].shape[2])
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
     with contextlib.ExitStack() as stack:
         store = None
@@ -224,15 +243,23 @@ def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, to
     return losses
 
 
-def step_losses(*, session: EditSession, state: EditState) -> StepTerms:
-    """Draw t then ε from state.generator (on the latents' device), run the step's U-Net calls and
-    return the named losses at the current x(θ), which is left unchanged."""
-    config, backend, plan = session.config, session.backend, session.plan
-    device = session.source_latents.device
+def draw_step(*, session: EditSession, state: EditState) -> StepDraw:
+    """Draw t, then ε, then the windows (windows.draw_starts) from state.generator, on the latents' device."""
+    config, device = session.config, session.source_latents.device
     t = torch.randint(config.t_min, config.t_max + 1, (1,), generator=state.generator, device=device)
     noise = torch.randn(session.source_latents.shape, generator=state.generator, device=device)
-    noised = {"x_t": backend.add_noise(latents=state.latents, noise=noise, timesteps=t),
-              "source_t": backend.add_noise(latents=session.source_latents, noise=noise, timesteps=t)}
+    return StepDraw(t=t, noise=noise, starts=draw_starts(plan=session.windows, generator=state.generator))
+
+
+def step_losses(*, session: EditSession, state: EditState, draw: StepDraw | None = None, start: int = 0) -> StepTerms:
+    """The named losses of the window starting at frame `start` at the current x(θ), which is left
+    unchanged; `draw` (default: drawn now) gives the step's shared t and ε."""
+    config, backend, plan = session.config, session.backend, session.plan
+    draw = draw if draw is not None else draw_step(session=session, state=state)
+    frames = slice(start, start + session.windows.length)
+    t, noise, x = draw.t, draw.noise[:, :, frames], state.latents[:, :, frames]
+    noised = {"x_t": backend.add_noise(latents=x, noise=noise, timesteps=t),
+              "source_t": backend.add_noise(latents=session.source_latents[:, :, frames], noise=noise, timesteps=t)}
     with torch.no_grad():
         eps, source_keys = _unet_call(session=session, branches=plan.no_grad, noised=noised, t=t,
                                       keys_of=plan.source_keys)
@@ -244,8 +271,8 @@ def step_losses(*, session: EditSession, state: EditState) -> StepTerms:
         losses = _ssm_losses(config=config, target_keys=target_keys, source_keys=source_keys)
     g = dds_grad(eps_target_uncond=eps["target_uncond"], eps_target_cond=eps["target_cond"],
                  eps_source_uncond=eps["source_uncond"], eps_source_cond=eps["source_cond"],
-                 guidance_scale=config.guidance_scale, mask=session.mask)
-    losses = {"dds": dds_surrogate(grad=g, latents=state.latents), **losses}
+                 guidance_scale=config.guidance_scale, mask=None if session.mask is None else session.mask[:, :, frames])
+    losses = {"dds": dds_surrogate(grad=g, latents=x), **losses}
     return StepTerms(t=t, noise=noise, dds_grad=g, losses=losses)
 
 
@@ -261,23 +288,29 @@ def _require_finite(*, session: EditSession, finite: bool, where: str) -> None:
 
 
 def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
-    """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name] (one backward).
+    """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name], one backward per window; a frame
+    in several windows gets the mean of their gradients.
 
-    Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted) and
-    appends them to state.history. ModelError when x(θ) stops being finite.
+    Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted, averaged
+    over the step's windows) and appends them to state.history. ModelError when x(θ) stops being finite.
     """
-    step = step_losses(session=session, state=state)
+    draw = draw_step(session=session, state=state)
     weights = session.config.weights()
-    total = sum(weights[name] * loss for name, loss in step.losses.items())
     state.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    logged: list[torch.Tensor] = []
+    for start in draw.starts:
+        step = step_losses(session=session, state=state, draw=draw, start=start)
+        sum(weights[name] * loss for name, loss in step.losses.items()).backward()
+        names = [name for name in step.losses if name != "dds"]
+        logged.append(torch.stack([step.dds_grad.square().mean(), *(step.losses[n].detach().float() for n in names)]))
+    if len(draw.starts) > 1:
+        coverage = session.windows.coverage(starts=draw.starts).clamp(min=1).to(state.latents.device)
+        state.latents.grad /= coverage.view(1, 1, -1, 1, 1)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    names = [name for name in step.losses if name != "dds"]
-    finite, t, dds, *losses = torch.stack([  # one device-to-host transfer per step
-        torch.isfinite(state.latents).all().float(), step.t[0].float(), step.dds_grad.square().mean(),
-        *(step.losses[name].detach().float() for name in names)]).tolist()
+    finite, t, dds, *losses = torch.cat([  # one device-to-host transfer per step
+        torch.isfinite(state.latents).all().float().view(1), draw.t.float(), torch.stack(logged).mean(dim=0)]).tolist()
     _require_finite(session=session, finite=finite == 1.0, where=f"latents at step {state.step}")
     terms = {"t": t, "dds": dds, **dict(zip(names, losses))}
     for name, value in terms.items():
@@ -290,7 +323,8 @@ def decode(*, session: EditSession, state: EditState) -> EditResult:
     latents = state.latents.detach()
     frames = session.backend.decode_latents(latents=latents)
     _require_finite(session=session, finite=bool(torch.isfinite(frames).all()), where="frames from the VAE")
-    return EditResult(frames=frames, latents=latents.cpu().clone(), history=state.history, steps_done=state.step)
+    return EditResult(frames=frames, latents=latents.cpu().clone(), history=state.history, steps_done=state.step,
+                      windows=session.windows)
 
 
 def optimise(

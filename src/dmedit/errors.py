@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODEL = 4
 EXIT_OOM = 5
+EXIT_BATCH_FAILED = 6
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -46,6 +47,12 @@ class OutOfMemoryError(DmeditError):
     """The device ran out of memory."""
 
     exit_code = EXIT_OOM
+
+
+class BatchFailed(DmeditError):
+    """`dmedit batch` ran every job, and some of them failed (each one is in the summary)."""
+
+    exit_code = EXIT_BATCH_FAILED
 
 
 class InterruptedRun(DmeditError):

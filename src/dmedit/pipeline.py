@@ -71,6 +71,7 @@ class RunContext:
     source: np.ndarray
     mask: "EditMask"
     notes: list[str] = field(default_factory=list)
+    seams: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -124,9 +125,7 @@ def _is_stream(path: Path) -> bool:
 def _select_span(*, info: "VideoInfo", entry: ModelEntry, span: SpanSettings) -> "Span":
     from dmedit.video import select_span
 
-    count = span.frames or entry.frames
-    if count > entry.max_frames:
-        raise UsageError(f"--frames {count}: model {entry.name!r} takes at most {entry.max_frames} frames")
+    count = None if span.frames == "all" else (span.frames or entry.frames)
     return select_span(info=info, start=span.start, frames=count, stride=span.stride, fps=span.fps)
 
 
@@ -135,6 +134,7 @@ def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter,
     from dmedit.backends import resolve_device, resolve_dtype
     from dmedit.hub import resolve_weights
     from dmedit.registry import load_registry
+    from dmedit.windows import resolve_windows
 
     with reporter.stage("probe"):
         info = videos.probe(path=video, shown_as=request.video)
@@ -142,6 +142,7 @@ def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter,
     entry = registry.model(request.model.name)
     config = EditConfig().merged(entry.defaults).merged(request.edit.as_dict())
     span = _select_span(info=info, entry=entry, span=request.span)
+    config = resolve_windows(config=config, entry=entry, frames=len(span.indices), given=request.edit)
     weights = resolve_weights(entry=entry)
     device = resolve_device(name=request.model.device)
     dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
@@ -200,7 +201,7 @@ def _context(*, plan: RunPlan, reporter: Reporter) -> RunContext:
     run = RunContext(plan=plan, source=source, mask=mask)
     if plan.span.timing_note:
         run.notes.append(plan.span.timing_note)
-    outside = mask.outside_fraction()
+    outside = mask.outside_fraction() if mask.origin != "full" else 0.0
     if outside > 0:
         box = mask.mapping.source_box
         run.notes.append(f"{outside:.1%} of the mask lies outside the {mask.mapping.mode} window "
@@ -227,6 +228,12 @@ def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
         session = editor.prepare(backend=backend, frames=pixels, masks=latent_mask.to(plan.device),
                                  src_prompt=plan.request.src, tgt_prompt=plan.request.tgt, config=plan.config,
                                  key_layers=plan.entry.key_layers, checkpointing=settings.checkpointing)
+    if session.windows.windowed:
+        windows = session.windows
+        counts = sorted({len(windows.starts(offset=offset)) for offset in range(windows.stride)})
+        per_step = windows.per_step or "-".join(map(str, sorted({counts[0], counts[-1]})))
+        reporter.line(f"windows: {per_step} windows of {windows.length} frames (overlap {windows.overlap}) "
+                      f"per step over {windows.frames} frames, the grid shifted every step")
     checkpoint = checkpoint_path(folder=plan.checkpoint_dir)
     resume = plan.request.resume and checkpoint.is_file()
     if plan.request.resume and not resume:
@@ -283,8 +290,24 @@ def _write_bundle(*, run: RunContext, result: "EditResult", reporter: Reporter) 
         if written.note:
             run.notes.append(written.note)
             reporter.warn(written.note)
+        if result.windows.windowed:
+            run.notes.append(_seams_note(run=run, result=result, edited=edited))
         report = _report(run=run, result=result, reporter=reporter, written=written)
         write_json(path=folder / companion(output=plan.output, suffix=".json").name, data=report)
+
+
+def _seams_note(*, run: RunContext, result: "EditResult", edited: np.ndarray) -> str:
+    """The seam measure of a windowed run (windows.seam_measure) as a note; the figures go to the report."""
+    from dmedit.fit import apply_fit
+    from dmedit.windows import seam_measure
+
+    source, masks = run.source, run.mask.source
+    if edited.shape != source.shape:  # --out-size model
+        source, masks = apply_fit(frames=source, mapping=run.mask.mapping), run.mask.model()
+    run.seams.update(seam_measure(source=source, edited=edited, masks=masks, plan=result.windows))
+    ratio = run.seams["ratio"]
+    figure = "no edit to measure" if ratio is None else f"{ratio:.2f}"
+    return f"seams: the edit changes {figure} times as much across window boundaries as elsewhere (1 = seamless)"
 
 
 def _report(*, run: RunContext, result: "EditResult", reporter: Reporter, written: Any) -> dict[str, Any]:
@@ -303,6 +326,7 @@ def _report(*, run: RunContext, result: "EditResult", reporter: Reporter, writte
                      "detector": (plan.request.mask.detector or entry.detector) if run.mask.detection else None},
         "threads": thread_settings(),
         "mask": run.mask.to_dict(), "notes": list(run.notes),
+        "windows": result.windows.to_dict() if result.windows.windowed else None, "seams": run.seams or None,
         "written": written.to_dict() | {"path": str(plan.output)},
         "model": {"name": entry.name, "family": entry.family, "repo": entry.repo, "revision": entry.revision,
                   "path": entry.path, "width": entry.width, "height": entry.height, "source_file": entry.source_file},

@@ -338,6 +338,12 @@ def _check_model(*, entry: ModelEntry, where: str) -> None:
         raise UsageError(
             f"{where} key 'frames' must be between 1 and max_frames ({entry.max_frames}), got {entry.frames}"
         )
+    window = entry.window if entry.window is not None else entry.frames
+    if not 1 <= window <= entry.max_frames:
+        raise UsageError(f"{where} key 'window' must be between 1 and max_frames ({entry.max_frames}), got {window}")
+    if entry.window_overlap is not None and not 0 <= entry.window_overlap < window:
+        raise UsageError(f"{where} key 'window_overlap' must be between 0 and window - 1 ({window - 1}), "
+                         f"got {entry.window_overlap}")
     if not entry.key_layers or not all(entry.key_layers):
         raise UsageError(f"{where} key 'key_layers' must list at least one non-empty module-name pattern")
     try:

@@ -34,18 +34,25 @@ def _require_choice(*, name: str, value: Any, choices: tuple[Any, ...]) -> None:
 class SpanSettings:
     """Which source frames are edited and how they meet the model's size.
 
-    start: a frame index ("12") or seconds ("1.5s"); frames: None = the model entry's count;
-    stride: every K-th frame; fps: sample at this rate (not with stride); fit: crop | pad | stretch.
+    start: a frame index ("12") or seconds ("1.5s"); frames: None = the model entry's count, "all" =
+    every frame from start to the end (a span longer than the model's window is edited in
+    overlapping windows); stride: every K-th frame; fps: sample at this rate (not with stride);
+    fit: crop | pad | stretch.
     """
 
     start: str | None = None
-    frames: int | None = None
+    frames: int | Literal["all"] | None = None
     stride: int | None = None
     fps: float | None = None
     fit: FitMode = "crop"
 
     def __post_init__(self) -> None:
-        if self.frames is not None:
+        if isinstance(self.frames, str):
+            if self.frames.strip().lower() != "all" and not self.frames.strip().isdigit():
+                raise UsageError(f"--frames must be a number of frames or 'all', got {self.frames!r}")
+            frames = self.frames.strip().lower()
+            object.__setattr__(self, "frames", "all" if frames == "all" else int(frames))
+        if isinstance(self.frames, int):
             require_finite(name="--frames", value=self.frames, low=1, high=1_000_000)
         if self.stride is not None:
             require_finite(name="--stride", value=self.stride, low=1, high=1_000_000)
@@ -153,6 +160,9 @@ class EditOverrides:
     use_mask: bool | None = None
     ssm_keys: SsmKeys | None = None
     ssm_reduction: SsmReduction | None = None
+    window: int | None = None
+    window_overlap: int | None = None
+    windows_per_step: int | None = None
     seed: int | None = None
     checkpoint_every: int | None = None
 

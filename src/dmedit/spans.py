@@ -122,12 +122,16 @@ def _sampled_indices(*, first: int, frames: int, rate: Fraction, info: "VideoInf
 
 
 def select_span(
-    *, info: "VideoInfo", start: str | None, frames: int, stride: int | None = None, fps: float | None = None
+    *, info: "VideoInfo", start: str | None, frames: int | None, stride: int | None = None,
+    fps: float | None = None,
 ) -> Span:
-    """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`.
+    """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`;
+    frames None takes every frame to the end of the video that way.
 
     `start` "12" is frame 12; "1.5", "2." or "1.5s" are seconds (nearest frame); None is frame 0.
     """
+    if frames is None:
+        frames = _frames_to_the_end(info=info, start=start, stride=stride, fps=fps)
     if frames < 1:
         raise UsageError(f"frames must be at least 1, got {frames}")
     if stride is not None and fps is not None:
@@ -154,6 +158,22 @@ def select_span(
         return Span(indices=indices, fps=rate, start_time=times[first], duration=float(frames / rate),
                     variable_rate=True)
     return _kept_timing(indices=indices, times=times, fps=info.fps)
+
+
+def _frames_to_the_end(*, info: "VideoInfo", start: str | None, stride: int | None, fps: float | None) -> int:
+    """How many frames the span can hold from `start` to the last frame at this stride or rate."""
+    times = info.frame_times() if info.variable_rate else None
+    first = _start_frame(start=start, fps=info.fps, times=times)
+    if first >= info.frame_count:
+        raise InputError(f"{info.display_path}: --start is frame {first}, past its last frame {info.frame_count - 1}")
+    if fps is None:
+        return (info.frame_count - 1 - first) // (stride or 1) + 1
+    rate = _sampling_rate(fps=fps, info=info)
+    count = int((info.frame_count - first) * rate / info.fps) + 1
+    while count > 1 and _sampled_indices(first=first, frames=count, rate=rate, info=info, times=times)[-1] \
+            >= info.frame_count:
+        count -= 1
+    return count
 
 
 def _kept_timing(*, indices: tuple[int, ...], times: Sequence[float], fps: Fraction) -> Span:

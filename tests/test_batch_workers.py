@@ -1,0 +1,147 @@
+"""The batch's job queue on every kind of worker, through the Python API (in this process, so a
+test can plant a job runner): one worker grouping jobs by model entry, local worker processes and
+Ray actors (a local Ray with two CPU workers) that lose a worker mid-job and retry its job."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import typer
+from rich.console import Console
+
+from clips import make_clip
+from dmedit import cli
+from dmedit.batch import BatchSettings, BatchSummary, run_batch
+from dmedit.console import Reporter
+from dmedit.errors import BatchFailed
+from dmedit.jobs import RunOptions, load_jobs
+
+TESTS = Path(__file__).resolve().parent
+TINY = {"model": "tiny", "frames": "4", "steps": 1}
+PLANTED = "batch_planted:dies_once"
+
+
+def run_options() -> RunOptions:
+    command = typer.main.get_command(cli.app).commands["run"]
+    return RunOptions(params={param.name: param for param in command.params}, context=command.context_class(command),
+                      build=cli.run_request)
+
+
+def run(source: Path, out: Path, settings: BatchSettings, **given: object) -> tuple[BatchSummary, list[dict]]:
+    """The batch as `dmedit batch SOURCE -o OUT --log-format jsonl` runs it: (summary, JSON events)."""
+    lines: list[str] = []
+    jobs = load_jobs(source=source, given={"src": "a square", "tgt": "a circle", **TINY, **given},
+                     options=run_options(), out_dir=out)
+    reporter = Reporter(console=Console(file=io.StringIO()), quiet=True)
+    summary = run_batch(jobs=jobs, settings=settings, reporter=reporter, emit=lines.append)
+    return summary, [json.loads(line) for line in lines]
+
+
+def statuses(summary: BatchSummary) -> dict[str, str]:
+    return {outcome.name: outcome.status for outcome in summary.outcomes}
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("shots")
+    for name in ("a", "b", "crash"):
+        make_clip(folder / f"{name}.mp4", frames=8)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_ray(tiny_model_dir: Path):
+    """A local Ray of two CPUs whose workers import this folder's modules (the planted runner)."""
+    import ray
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved]))
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = saved
+
+
+def test_one_worker_groups_jobs_by_model_entry(tmp_path: Path, shots: Path, tiny_model_dir: Path) -> None:
+    registry = tmp_path / "mine.toml"
+    registry.write_text(f'[models.my-tiny]\nbase = "tiny"\npath = "{tiny_model_dir}"\n')
+    jobs = tmp_path / "jobs.jsonl"
+    rows = [{"input": str(shots / "a.mp4"), "output": "a1"}, {"input": str(shots / "a.mp4"), "output": "a2",
+            "model": "my-tiny", "registry": str(registry)}, {"input": str(shots / "b.mp4"), "output": "b1"},
+            {"input": str(shots / "b.mp4"), "output": "b2", "model": "my-tiny", "registry": str(registry)}]
+    jobs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary, events = run(jobs, tmp_path / "out", BatchSettings(workers=1, log_format="jsonl"))
+    assert statuses(summary) == {"a1": "done", "a2": "done", "b1": "done", "b2": "done"}
+    order = [event["job"] for event in events if event["event"] == "start"]
+    assert order == ["a1", "b1", "a2", "b2"], "the jobs of one entry run together"
+    loads = [event["model_loads"] for event in events if event["event"] == "end"]
+    assert loads == [2, 2, 4, 4], "each entry (and the detector) loads once: 4 loads, not 8"
+
+
+def test_a_job_out_of_memory_is_recorded_and_the_worker_goes_on(tmp_path: Path, shots: Path) -> None:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("a", "oom", "b"):
+        (folder / f"{name}.mp4").symlink_to(shots / "a.mp4")
+    summary, events = run(folder, tmp_path / "out", BatchSettings(workers=1, log_format="jsonl",
+                                                                 runner="batch_planted:runs_out_of_memory"))
+    assert statuses(summary) == {"a": "done", "b": "done", "oom": "failed"}
+    (failed,) = summary.failed
+    assert failed.exit_code == 5 and failed.reason.startswith("out of memory during load model"), failed.reason
+    assert {event["worker"] for event in events if event["event"] == "end"} == {failed.worker}
+    with pytest.raises(BatchFailed) as raised:
+        summary.raise_for_failures()
+    assert raised.value.exit_code == 6 and str(raised.value).startswith("1 of 3 jobs failed (oom)")
+
+
+def died_and_retried(events: list[dict], job: str) -> None:
+    mine = [event for event in events if event.get("job") == job and event["event"] != "summary"]
+    kinds = [(event["event"], event.get("status"), event["attempt"]) for event in mine]
+    assert kinds == [("start", None, 1), ("end", "lost", 1), ("start", None, 2), ("end", "done", 2)], kinds
+    assert mine[1]["reason"].startswith("worker"), mine[1]["reason"]
+
+
+def test_local_worker_processes_retry_the_job_of_a_worker_that_died(tmp_path: Path, shots: Path) -> None:
+    out = tmp_path / "out"
+    summary, events = run(shots, out, BatchSettings(workers=2, log_format="jsonl", runner=PLANTED))
+    assert statuses(summary) == {"a": "done", "b": "done", "crash": "done"}
+    died_and_retried(events, "crash")
+    assert (out / "crash.worker-died").is_file() and (out / "crash.mp4").is_file()
+    workers = {event["worker"] for event in events if event.get("status") == "done"}
+    assert len(workers) >= 2, "two worker processes (and the one that replaced the dead)"
+
+
+def test_ray_runs_a_folder_on_two_cpu_workers_each_loading_once(tmp_path: Path, shots: Path, local_ray) -> None:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.mp4").symlink_to(shots / ("a.mp4" if name == "c" else f"{name}.mp4"))
+    (folder / "broken.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    summary, events = run(folder, out, BatchSettings(ray="auto", workers=2, log_format="jsonl"))
+    assert statuses(summary) == {"a": "done", "b": "done", "broken": "failed", "c": "done"}
+    assert [outcome.exit_code for outcome in summary.failed] == [3]
+    assert all((out / f"{name}.mp4").is_file() and (out / f"{name}.json").is_file() for name in "abc")
+    loads: dict[str, int] = {}
+    for event in events:
+        if event.get("status") == "done":
+            loads[event["worker"]] = event["model_loads"]
+    assert len(loads) == 2 and set(loads.values()) == {2}, f"two actors, each loading model and detector once: {loads}"
+    assert local_ray.is_initialized(), "a batch leaves a Ray it joined running"
+
+
+def test_ray_retries_the_job_of_a_worker_killed_mid_job(tmp_path: Path, shots: Path, local_ray) -> None:
+    out = tmp_path / "out"
+    summary, events = run(shots, out, BatchSettings(ray="auto", workers=2, log_format="jsonl", runner=PLANTED))
+    assert statuses(summary) == {"a": "done", "b": "done", "crash": "done"}
+    summary.raise_for_failures()
+    died_and_retried(events, "crash")
+    assert json.loads((out / "crash.json").read_text())["steps_done"] == 1

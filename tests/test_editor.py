@@ -38,10 +38,12 @@ def _session(backend, frames, masks=None, *, src=SRC, tgt=TGT, **settings) -> ed
                           config=EditConfig(**settings), key_layers=KEY_LAYERS)
 
 
-def _edit(backend, frames, masks=None, *, src=SRC, tgt=TGT, **options) -> editor.EditResult:
+def _edit(backend, frames, masks=None, *, src=SRC, tgt=TGT, checkpointing=None, **options) -> editor.EditResult:
+    """prepare() with the EditConfig fields among `options`, then optimise() with the rest."""
     settings = {k: options.pop(k) for k in list(options) if k in {f.name for f in dataclasses.fields(EditConfig)}}
-    return editor.edit(backend=backend, frames=frames, masks=masks, src_prompt=src, tgt_prompt=tgt,
-                       config=EditConfig(**settings), key_layers=KEY_LAYERS, **options)
+    session = editor.prepare(backend=backend, frames=frames, masks=masks, src_prompt=src, tgt_prompt=tgt,
+                             config=EditConfig(**settings), key_layers=KEY_LAYERS, checkpointing=checkpointing)
+    return editor.optimise(session=session, **options)
 
 
 def _perturb(state: editor.EditState, scale: float = 0.5) -> None:
@@ -306,8 +308,8 @@ def test_nan_from_the_model_is_a_model_error(tiny_backend, frames, monkeypatch):
 
 def test_key_layers_matching_nothing_fail_before_any_step(tiny_backend, frames):
     with pytest.raises(UsageError, match="match no attention module"):
-        editor.edit(backend=tiny_backend, frames=frames, masks=None, src_prompt=SRC, tgt_prompt=TGT,
-                    config=EditConfig(steps=1), key_layers=("mid_block.nothing",))
+        editor.prepare(backend=tiny_backend, frames=frames, masks=None, src_prompt=SRC, tgt_prompt=TGT,
+                       config=EditConfig(steps=1), key_layers=("mid_block.nothing",))
 
 
 @pytest.mark.parametrize("granularity", ["block", "layer"])

@@ -358,12 +358,3 @@ def optimise(
             raise InterruptedRun(f"{word} after step {state.step}/{config.steps}; {where}", signum=signum)
     return decode(session=session, state=state)
 
-
-def edit(
-    *, backend: VideoBackend, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str, tgt_prompt: str,
-    config: EditConfig, key_layers: Sequence[str], checkpointing: str | None = None, **loop,
-) -> EditResult:
-    """prepare(...) then optimise(session, **loop): the whole edit in one call."""
-    session = prepare(backend=backend, frames=frames, masks=masks, src_prompt=src_prompt, tgt_prompt=tgt_prompt,
-                      config=config, key_layers=key_layers, checkpointing=checkpointing)
-    return optimise(session=session, **loop)

@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test bench clean
+.PHONY: install test bench bench-gpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ test:
 
 bench:
 	$(BIN)/python -m bench.run
+
+# On a GPU machine (where the venv may be another interpreter: BENCH_PYTHON=python3): the GPU set
+# (eager / compiled / graphed at 8, 16, 48 frames, Show-1's keyframe U-Net) within 5 minutes, then one
+# `dmedit run --model zeroscope-random --frames 8 --steps 200`; results are written after every
+# configuration, so a run cut short keeps what it measured. About 8 minutes in all.
+BENCH_PYTHON ?= $(BIN)/python
+bench-gpu:
+	$(BENCH_PYTHON) -m bench.run --set gpu --end-to-end --budget-s 300 --end-to-end-timeout-s 170
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

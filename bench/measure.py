@@ -145,21 +145,31 @@ def measure(*, live: LiveConfig, device: torch.device, peak_tflops: float | None
     sync = synchronizer(device)
     state = live.fresh_state()
     load_before = load_average()
-    step_memory = peak_memory(lambda: live.step(state), device)
-    bare_memory = peak_memory(live.bare, device)
-    step_flops = count_flops(lambda: live.step(state))
-    bare_flops = count_flops(live.bare)
+    first_step_s = _timed(lambda: live.step(state), sync)  # compiles, when the configuration compiles
+    bare_first_s = _timed(live.bare, sync)
+    # The CPU's storage tracker is a dispatch mode, which compiled code cannot run under: there a
+    # compiled configuration's memory is its eager twin's (the same tensors before fusion).
+    tracker_stance = "force_eager" if device.type != "cuda" else "default"
+    with torch.compiler.set_stance(tracker_stance):
+        step_memory = peak_memory(lambda: live.step(state), device)
+        bare_memory = peak_memory(live.bare, device)
+    with torch.compiler.set_stance("force_eager"):  # the same math, counted op by op
+        step_flops = count_flops(lambda: live.step(state))
+        bare_flops = count_flops(live.bare)
     step_times, bare_times = interleaved_times(
         step=lambda: live.step(state), bare=live.bare, warmup=config.warmup,
         repeats=config.repeats, sync=sync)
     ratios = [step / bare for step, bare in zip(step_times, bare_times)]
     step_median = statistics.median(step_times)
+    scale = getattr(session.backend, "latent_scale", 8)  # pixels per latent cell (1: pixel-space Show-1)
     record = dict(
         name=config.name, series=config.series, model=config.model, width=config.width,
-        height=config.height, latent=[config.width // 8, config.height // 8], frames=config.frames,
+        height=config.height, latent=[config.width // scale, config.height // scale], frames=config.frames,
         dtype=config.dtype, autocast=config.autocast, checkpointing=config.checkpointing, window=config.window,
+        compile=config.compile or "eager", first_step_s=first_step_s, bare_first_s=bare_first_s,
         key_layers=list(session.key_layers),
-        attention_processors=sorted({type(p).__name__ for p in session.backend.unet.attn_processors.values()}),
+        attention_processors=sorted({type(m.processor).__name__ for m in session.backend.unet.modules()
+                                     if hasattr(m, "get_processor")}),
         warmup=config.warmup, repeats=config.repeats,
         step_s=spread(samples=step_times), bare_s=spread(samples=bare_times),
         overhead_ratio=spread(samples=ratios),
@@ -175,6 +185,7 @@ def measure(*, live: LiveConfig, device: torch.device, peak_tflops: float | None
         record["fraction_of_peak"] = record["achieved_tflops"] / peak_tflops
     if config.wall_steps:
         record["wall"] = wall_time(live=live, steps=config.wall_steps, sync=sync)
+        record["wall"]["seconds_per_200_steps"] = record["wall"]["seconds"] / config.wall_steps * 200
     return record
 
 

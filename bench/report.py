@@ -77,11 +77,11 @@ def _memory(memory: dict) -> str:
 def config_table(*, records: list[dict]) -> list[str]:
     lines = ["| configuration | frames | latent | dtype | step s, median [p25–p75] | steps/s | bare s | "
              "overhead step/bare [p25–p75] | GFLOP/step (bare) | TFLOP/s (of peak) | "
-             "step memory MiB above start (process peak) | wall s of N steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "step memory MiB above start (process peak) | wall s of N steps | mode: first step s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['frames']} | | | {r['error']} | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['frames']} | | | {r['error']} | | | | | | | | |")
             continue
         ratio = r["overhead_ratio"]
         peak = f" ({r['fraction_of_peak']:.0%})" if "fraction_of_peak" in r else ""
@@ -91,7 +91,8 @@ def config_table(*, records: list[dict]) -> list[str]:
             f"{_seconds(r['step_s'])} | {_fmt(r['steps_per_s'])} | {_seconds(r['bare_s'])} | "
             f"{ratio['median']:.3f} [{ratio['p25']:.3f}–{ratio['p75']:.3f}] | "
             f"{_fmt(r['step_flops'] / 1e9)} ({_fmt(r['bare_flops'] / 1e9)}) | "
-            f"{_fmt(r['achieved_tflops'])}{peak} | {_memory(r['step_memory'])} | {wall} |")
+            f"{_fmt(r['achieved_tflops'])}{peak} | {_memory(r['step_memory'])} | {wall} | "
+            f"{r.get('compile', 'eager')}: {_fmt(r.get('first_step_s'))} |")
     return lines
 
 
@@ -124,7 +125,21 @@ def run_section(*, data: dict) -> list[str]:
         lines += ["", "Time against frames, least squares on log-log:", "", *scaling_table(scaling=data["scaling"])]
     if data.get("memory_model"):
         lines += ["", *memory_model_table(estimate=data["memory_model"])]
+    if data.get("end_to_end"):
+        lines += ["", *end_to_end_table(run=data["end_to_end"])]
     return lines
+
+
+def end_to_end_table(*, run: dict) -> list[str]:
+    """One `dmedit run` (bench.end_to_end): its command, result and the report's stage times."""
+    if "error" in run:
+        return [f"End-to-end `{run['command']}`: {run['error']}"]
+    timings = run["timings_s"]
+    return [f"End-to-end `{run['command']}`: exit {run['returncode']}, {run['wall_s']:.1f} s wall; "
+            f"stage times from the run report (compile: {run.get('compile')}; "
+            f"checkpointing: {run.get('checkpointing')}):", "",
+            "| " + " | ".join(timings) + " |", "|" + "---|" * len(timings),
+            "| " + " | ".join(f"{value:.2f}" for value in timings.values()) + " |"]
 
 
 def memory_model_table(*, estimate: dict) -> list[str]:

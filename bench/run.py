@@ -1,12 +1,13 @@
-"""`python -m bench.run [--quick] [--label NAME] [--only TEXT]`: measure, write JSON, regenerate
-BENCHMARKS.md.
+"""`python -m bench.run [--quick] [--label NAME] [--only TEXT] [--set cpu|gpu] [--small] [--end-to-end]`:
+measure, write JSON (rewritten after every configuration), regenerate BENCHMARKS.md.
 
-CPU: the tiny model at its native 64x64 (8x8 latents) and at 256x256 (32x32 latents) over 4, 8,
-16 and 24 frames, and ZeroScope's U-Net architecture at a small size (2 frames, 8x8 latents) with
-each speed lever, so that the GPU code path is known to work. CUDA (when present): ZeroScope's
-architecture at 576x320 (72x40 latents) with 8, 16, 24 and 48 frames in fp16 and bf16, the wall
-time of 200 steps at 8 and 16 frames, and the levers. Both: a meta-device estimate of ZeroScope's
-U-Net memory at 576x320 (bench.memory_model).
+CPU set: the tiny model at its native 64x64 (8x8 latents) and at 256x256 (32x32 latents) over 4,
+8, 16 and 24 frames, ZeroScope's U-Net architecture at a small size (2 frames, 8x8 latents) with
+each speed lever, and last the tiny and small ZeroScope configurations compiled (inductor), with a
+meta-device estimate of ZeroScope's U-Net memory at 576x320 (bench.memory_model). GPU set (`make
+bench-gpu`): ZeroScope's architecture at 576x320 in fp16 at 8, 16 and 48 frames, eager, compiled
+and graphed, and Show-1's keyframe U-Net; `--small` runs it at 64x64 on a CPU; `--end-to-end` adds
+one `dmedit run --model zeroscope-random` with its stage times (bench.end_to_end).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from dmedit.threads import available_cpus, configure_threads
 
@@ -33,20 +35,23 @@ from diffusers.utils import logging as diffusers_logging
 from bench import memory_model, report
 from bench.measure import load_average, measure
 from bench.setups import BackendCache, BenchConfig, prepare_live
+from dmedit.compilation import use_cache_folder
 from dmedit.errors import ModelError, OutOfMemoryError
+from dmedit.hub import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 SCALING_FRAMES = (4, 8, 16, 24)
 WINDOWED_FRAMES = (32, 64, 128, 256)  # whole clips in windows of 16 frames (issue 12)
-GPU_FRAMES = (8, 16, 24, 48)
+GPU_FRAMES = (8, 16, 48)
+COMPILE_MODES = (None, "default", "reduce-overhead")  # eager, compiled, graphed
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s (no sparsity).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
                    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "RTX 4090": 165.0}
 # No configuration starts after this many seconds: `make bench` must finish within 10 minutes on
-# a 2-core CPU; the GPU set has no such limit.
-BUDGET_S = {"cpu": 480.0, "cuda": 3600.0}
+# a 2-core CPU, `make bench-gpu` (this set and one end-to-end run) within 8 minutes on one GPU.
+BUDGET_S = {"cpu": 480.0, "cuda": 300.0}
 THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
 UP_BLOCK_1_KEYS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 log = logging.getLogger("bench")
@@ -60,6 +65,10 @@ def cpu_configs(*, quick: bool) -> list[BenchConfig]:
     for frames in native_frames:
         configs.append(BenchConfig(name=f"tiny-64-f{frames}", series="tiny-64", model="tiny", width=64,
                                    height=64, frames=frames, repeats=5 if quick else 15, warmup=2))
+    # compiled (inductor) beside its eager twin: its first step compiles, minutes on a cold inductor
+    # cache (the first `make bench` on a machine), seconds on a warm one
+    configs.append(BenchConfig(name="tiny-64-f8-compiled", series="tiny-64-compiled", model="tiny", width=64,
+                               height=64, frames=8, compile="default", repeats=5 if quick else 15, warmup=2))
     for frames in large_frames:
         configs.append(BenchConfig(name=f"tiny-256-f{frames}", series="tiny-256", model="tiny", width=256,
                                    height=256, frames=frames, repeats=2 if quick else 4, warmup=0))
@@ -70,6 +79,7 @@ def cpu_configs(*, quick: bool) -> list[BenchConfig]:
     small = dict(series="zeroscope-arch-small", model="zeroscope-arch", width=64, height=64, frames=2,
                  repeats=1, warmup=0)
     configs.append(BenchConfig(name="zeroscope-arch-small", wall_steps=2, **{**small, "repeats": 1 if quick else 2}))
+    configs.append(BenchConfig(name="zeroscope-arch-small-compiled", compile="default", wall_steps=2, **small))
     if not quick:
         configs += [
             BenchConfig(name="zeroscope-arch-small-block-checkpointed", checkpointing="block", **small),
@@ -81,28 +91,27 @@ def cpu_configs(*, quick: bool) -> list[BenchConfig]:
     return configs
 
 
-def gpu_configs(*, quick: bool) -> list[BenchConfig]:
-    """ZeroScope's architecture at 576x320 over GPU_FRAMES in fp16 and bf16 (200-step wall time at
-    8 and 16 frames), then the levers: 48 frames checkpointed per block and per layer (the plain
-    48-frame run may run out of memory, which is recorded), and 16 frames with each lever."""
-    full = dict(model="zeroscope-arch", width=576, height=320, repeats=3 if quick else 10, warmup=2)
+def gpu_configs(*, quick: bool, small: bool = False) -> list[BenchConfig]:
+    """ZeroScope's architecture at 576x320 in fp16 at 8, 16 and 48 frames, each eager, compiled
+    (inductor) and graphed (inductor replayed as CUDA graphs), essential ones first (the budget
+    skips the rest); wall time of 50 steps, extrapolated to the 200 of a run; then Show-1's keyframe
+    U-Net. small: the same list at 64x64 and 2 frames, so that it runs on a CPU (graphed ones
+    then fail with their reason)."""
+    size = dict(width=64, height=64) if small else dict(width=576, height=320)
     configs = []
-    for dtype in ("fp16",) if quick else ("fp16", "bf16"):
-        for frames in (8,) if quick else GPU_FRAMES:
+    for frames in (8,) if quick else GPU_FRAMES:
+        for mode in COMPILE_MODES:
             configs.append(BenchConfig(
-                name=f"zeroscope-arch-{dtype}-f{frames}", series=f"zeroscope-arch-{dtype}", frames=frames,
-                dtype=dtype, wall_steps=200 if frames in (8, 16) and not quick else 0, **full))
-    if quick:
-        return configs
-    levers = dict(series="levers", dtype="fp16", **full)
-    for frames, granularity in ((48, "block"), (48, "layer"), (16, "block"), (16, "layer")):
-        configs.append(BenchConfig(name=f"zeroscope-arch-fp16-f{frames}-{granularity}-checkpointed",
-                                   frames=frames, checkpointing=granularity, **levers))
-    configs += [
-        BenchConfig(name="zeroscope-arch-fp16-f16-up1-keys", frames=16, key_layers=UP_BLOCK_1_KEYS, **levers),
-        BenchConfig(name="zeroscope-arch-fp32-autocast-bf16-f16", frames=16, autocast="bf16",
-                    **{**levers, "dtype": "fp32"}),
-    ]
+                name=f"zeroscope-arch-fp16-f{frames}-{mode or 'eager'}", series=f"zeroscope-arch-fp16-{mode or 'eager'}",
+                model="zeroscope-arch", frames=2 if small else frames, dtype="fp32" if small else "fp16",
+                compile=mode, compile_backend="aot_eager" if small else "inductor",
+                repeats=3 if quick or small else 5, warmup=1, wall_steps=0 if quick or small else 50 if frames < 48 else 20,
+                **size))
+    # DreamMotion's Show-1 setup: the keyframe U-Net, 8 keyframes at the paper's 80x128 (pixel space).
+    configs.append(BenchConfig(name="show1-keyframes-arch-fp16-f8", series="show1-keyframes-arch",
+                               model="show1-keyframes-arch", width=64 if small else 128, height=64 if small else 80,
+                               frames=2 if small else 8, dtype="fp32" if small else "fp16", repeats=3, warmup=1,
+                               wall_steps=0 if quick or small else 50))
     return configs
 
 
@@ -159,19 +168,25 @@ def scaling(*, records: list[dict]) -> dict[str, dict]:
 
 def run_configs(
     *, configs: list[BenchConfig], device: torch.device, peak_tflops: float | None, deadline: float,
+    on_record: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Measure each configuration in order; once time.perf_counter() passes `deadline` the rest are
-    recorded as skipped (the list puts the essential configurations first)."""
+    recorded as skipped (the list puts the essential configurations first). on_record(records so
+    far) runs after each one (the results file is rewritten, so a run cut short keeps its figures)."""
     records = []
     with contextlib.ExitStack() as stack:
         backends = BackendCache(device=device, stack=stack)
         for config in configs:
             started = time.perf_counter()
-            if started > deadline:
+            skip = ("the run's time budget was spent" if started > deadline else
+                    "CUDA graphs need a CUDA device" if config.compile == "reduce-overhead" and device.type != "cuda"
+                    else None)
+            if skip:
                 records.append(dict(name=config.name, series=config.series, frames=config.frames,
-                                    error="skipped: the run's time budget was spent"))
-                log.info("%s: skipped (time budget)", config.name)
+                                    error=f"skipped: {skip}"))
+                log.info("%s: skipped (%s)", config.name, skip)
                 continue
+            live = None
             try:
                 live = prepare_live(config=config, backends=backends)
                 record = measure(live=live, device=device, peak_tflops=peak_tflops)
@@ -180,12 +195,16 @@ def run_configs(
                               error=f"out of memory: {str(error).splitlines()[0]}")
             except ModelError as error:
                 record = dict(name=config.name, series=config.series, frames=config.frames, error=str(error))
+            if live is not None:
+                live.close()
             live = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             record["seconds_spent"] = time.perf_counter() - started
             log.info("%s: %s", config.name, _summary(record))
             records.append(record)
+            if on_record is not None:
+                on_record(records)
     return records
 
 
@@ -201,8 +220,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fast smoke subset (about a minute)")
     parser.add_argument("--label", default=None, help="suffix of the results file (default: quick or none)")
     parser.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    parser.add_argument("--set", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="the configuration set (auto: gpu on CUDA, else cpu)")
+    parser.add_argument("--small", action="store_true",
+                        help="the gpu set at 64x64 and 2 frames (aot_eager for compiled ones): runs on a CPU")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="then one `dmedit run --model zeroscope-random --frames 8 --steps 200` (bench.end_to_end)")
+    parser.add_argument("--end-to-end-args", default="", help="extra arguments of that run, e.g. '--steps 2 --model tiny'")
     parser.add_argument("--budget-s", type=float, default=None,
                         help=f"start no configuration after this many seconds (default {BUDGET_S})")
+    parser.add_argument("--end-to-end-timeout-s", type=float, default=240.0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--markdown", type=Path, default=MARKDOWN)
     return parser.parse_args(argv)
@@ -214,26 +241,40 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(available_cpus())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    use_cache_folder(folder=cache_dir() / "inductor")  # compiled kernels persist as in `dmedit run`
     info = machine_info(device=device)
-    configs = cpu_configs(quick=args.quick) if device.type == "cpu" else gpu_configs(quick=args.quick)
+    gpu_set = args.set == "gpu" or (args.set == "auto" and device.type == "cuda")
+    configs = gpu_configs(quick=args.quick, small=args.small) if gpu_set else cpu_configs(quick=args.quick)
     if args.only:
         configs = [c for c in configs if args.only in c.name]
     started = time.perf_counter()
-    load_before = load_average()
-    estimate = None if args.only else memory_model.estimate(frames=(16,) if args.quick else GPU_FRAMES)
-    records = run_configs(configs=configs, device=device, peak_tflops=info["peak_tflops"],
-                          deadline=started + (args.budget_s or BUDGET_S[device.type]))
     label = args.label or ("quick" if args.quick else None)
     now = datetime.datetime.now(datetime.timezone.utc)
-    result = dict(machine=info, label=label, quick=args.quick, only=args.only, date=now.isoformat(timespec="seconds"),
-                  command="python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
-                  seconds=time.perf_counter() - started,
-                  load_average=dict(before=load_before, after=load_average()),
-                  configs=records, scaling=scaling(records=records), memory_model=estimate)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "-".join(part for part in (info["slug"], now.strftime("%Y-%m-%d"), label) if part)
     path = args.results_dir / f"{stem}.json"
-    path.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    result = dict(machine=info, label=label, quick=args.quick, only=args.only, date=now.isoformat(timespec="seconds"),
+                  command="python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+                  seconds=0.0, load_average=dict(before=load_average(), after=None), configs=[], scaling={},
+                  memory_model=None)
+
+    def save(records: list[dict]) -> None:
+        result.update(configs=records, scaling=scaling(records=records), seconds=time.perf_counter() - started,
+                      load_average=result["load_average"] | dict(after=load_average()))
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+
+    budget = args.budget_s or BUDGET_S["cuda" if gpu_set else "cpu"]
+    records = run_configs(configs=configs, device=device, peak_tflops=info["peak_tflops"],
+                          deadline=started + budget, on_record=save)
+    if not args.only and not gpu_set:
+        result["memory_model"] = memory_model.estimate(frames=(16,) if args.quick else GPU_FRAMES)
+    if args.end_to_end:
+        from bench.end_to_end import run_end_to_end
+
+        result["end_to_end"] = run_end_to_end(model="zeroscope-random", frames=8, steps=200, clip=None,
+                                              timeout_s=args.end_to_end_timeout_s, extra=args.end_to_end_args.split())
+        log.info("end to end: %s", result["end_to_end"].get("error") or result["end_to_end"]["timings_s"])
+    save(records)
     report.write_markdown(results_dir=args.results_dir, path=args.markdown)
     log.info("wrote %s and %s in %.0f s", path, args.markdown, result["seconds"])
     return 0

@@ -1,9 +1,11 @@
 """Benchmark configurations turned into live edit sessions.
 
-Two models: the `tiny` registry model, built offline and loaded through the real loading path
-(dmedit.backends.text_to_video), and a U-Net with ZeroScope's exact architecture and random
+Three models: the `tiny` registry model, built offline and loaded through the real loading path
+(dmedit.backends.text_to_video), a U-Net with ZeroScope's exact architecture and random
 weights behind `RandomLatentBackend`, which replaces the VAE and text encoder by seeded random
-source latents and text embeddings of the right shapes (speed does not depend on their values).
+source latents and text embeddings of the right shapes (speed does not depend on their values),
+and Show-1's keyframe U-Net (show1_unet.BASE_CONFIG, random weights; pixel space, so masks and
+"latents" are at the frame size) behind `RandomTextPixelBackend`, random T5-XXL-shaped text.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from typing import Callable, Sequence
 import torch
 
 from dmedit import editor
+from dmedit.backends.show1 import Show1Backend
 from dmedit.backends.text_to_video import TextToVideoBackend, load_text_to_video
 from dmedit.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
+from dmedit.backends.zeroscope_random import ZEROSCOPE_UNET_CONFIG
+from dmedit.compilation import CompileChoice, installed
 from dmedit.config import EditConfig
 from dmedit.registry import load_registry
 from dmedit.settings import ModelSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# diffusers' default UNet3DConditionModel config with these three changes is ZeroScope v2's U-Net
-# (cerspense/zeroscope_v2_576w unet/config.json): 1.41 B parameters.
-ZEROSCOPE_UNET_CHANGES = dict(cross_attention_dim=1024, attention_head_dim=64, sample_size=32)
 ZEROSCOPE_TEXT_SHAPE = (77, 1024)
 LATENT_CHANNELS = 4
+SHOW1_TEXT_SHAPE = (77, 4096)
+REGISTRY_NAMES = {"tiny": "tiny", "zeroscope-arch": "zeroscope", "show1-keyframes-arch": "show1"}
 SRC_PROMPT, TGT_PROMPT = "a grey car on a road", "a red car on a road"
 
 
@@ -42,7 +46,9 @@ class BenchConfig:
     checkpointing ("block" / "layer") selects the engine's memory lever (dmedit.speed);
     key_layers None means the registry's; window: temporal windows of that many frames sharing half
     of them (the whole clip in one window when None); autocast ("bf16" / "fp16") runs step and
-    bare compute inside torch.autocast (with fp32 weights: dtype "fp32").
+    bare compute inside torch.autocast (with fp32 weights: dtype "fp32"). compile: None (eager),
+    "default" (torch.compile) or "reduce-overhead" (replayed as CUDA graphs), with compile_backend
+    (inductor; aot_eager traces the same graphs without generating kernels, for CPU smoke runs).
     """
 
     name: str
@@ -59,6 +65,8 @@ class BenchConfig:
     window: int | None = None
     key_layers: tuple[str, ...] | None = None
     autocast: str | None = None
+    compile: str | None = None
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -96,13 +104,43 @@ class RandomLatentBackend:
         return torch.tanh(first.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)).cpu()
 
 
+@dataclass
+class RandomTextPixelBackend:
+    """Show-1's keyframe U-Net without T5: seeded random text embeddings (P,77,4096); the frames are
+    the latents (pixel space, masks at the frame size); everything else is Show1Backend's own code."""
+
+    unet: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    alphas_cumprod: torch.Tensor
+    text_shape: tuple[int, int] = SHOW1_TEXT_SHAPE
+    seed: int = 0
+    latent_scale: int = 1
+
+    encode_video = Show1Backend.encode_video
+    decode_latents = Show1Backend.decode_latents
+    predict_noise = Show1Backend.predict_noise
+    add_noise = Show1Backend.add_noise
+    encode_prompts = RandomLatentBackend.encode_prompts
+
+
+def show1_keyframe_unet(*, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Show-1's keyframe U-Net (show-1-base's config), seeded random weights, frozen, eval."""
+    from dmedit.backends.show1_unet import BASE_CONFIG, Show1UNet3DConditionModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = Show1UNet3DConditionModel(**BASE_CONFIG)
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
 def zeroscope_unet(*, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """A UNet3DConditionModel with ZeroScope's architecture, seeded random weights, frozen, eval."""
     from diffusers import UNet3DConditionModel
 
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CHANGES)
+        unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CONFIG)
     return unet.to(dtype).eval().requires_grad_(False)
 
 
@@ -141,11 +179,20 @@ class BackendCache:
                                        device=self.device, dtype=DTYPES[dtype],
                                        alphas_cumprod=_alphas_cumprod(self.device),
                                        text_shape=ZEROSCOPE_TEXT_SHAPE)
+        if model == "show1-keyframes-arch":
+            from diffusers import DPMSolverMultistepScheduler
+
+            from dmedit.backends.show1_tiny import BASE_SCHEDULER_CONFIG
+
+            alphas = DPMSolverMultistepScheduler(**BASE_SCHEDULER_CONFIG).alphas_cumprod
+            return RandomTextPixelBackend(unet=show1_keyframe_unet(device=self.device, dtype=DTYPES[dtype]),
+                                          device=self.device, dtype=DTYPES[dtype],
+                                          alphas_cumprod=alphas.to(device=self.device, dtype=torch.float32))
         raise ValueError(f"unknown benchmark model {model!r}")
 
 
 def registry_name(model: str) -> str:
-    return "tiny" if model == "tiny" else "zeroscope"
+    return REGISTRY_NAMES[model]
 
 
 @dataclass
@@ -157,6 +204,11 @@ class LiveConfig:
     bare_compute: Callable[[], None]
     bare_no_grad_frames: int
     bare_grad_frames: int
+    installed: contextlib.ExitStack
+
+    def close(self) -> None:
+        """Remove the run-wide hooks and the compiled forward (compilation.installed)."""
+        self.installed.close()
 
     def fresh_state(self) -> editor.EditState:
         return editor.new_state(session=self.session)
@@ -169,6 +221,8 @@ class LiveConfig:
     def bare(self) -> None:
         with self.precision():
             self.bare_compute()
+        if self.session.recorder is not None:  # the run-wide hooks recorded the bare calls' keys too
+            self.session.recorder.clear()
 
     def precision(self) -> contextlib.AbstractContextManager:
         if self.config.autocast is None:
@@ -176,10 +230,10 @@ class LiveConfig:
         return torch.autocast(device_type=self.session.backend.device.type, dtype=DTYPES[self.config.autocast])
 
 
-def _half_mask(*, frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(1,1,F,h,w): the left half of the latent grid is editable."""
-    mask = torch.zeros(1, 1, frames, height // 8, width // 8, device=device)
-    mask[..., : width // 16] = 1.0
+def _half_mask(*, frames: int, height: int, width: int, device: torch.device, scale: int = 8) -> torch.Tensor:
+    """(1,1,F,h,w): the left half of the latent grid (pixels per cell: `scale`) is editable."""
+    mask = torch.zeros(1, 1, frames, height // scale, width // scale, device=device)
+    mask[..., : width // (2 * scale)] = 1.0
     return mask
 
 
@@ -193,13 +247,18 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
     frames = torch.zeros(config.frames, 3, config.height, config.width)
     session = editor.prepare(
         backend=backend, frames=frames,
-        masks=_half_mask(frames=config.frames, height=config.height, width=config.width, device=backend.device),
+        masks=_half_mask(frames=config.frames, height=config.height, width=config.width, device=backend.device,
+                         scale=getattr(backend, "latent_scale", 8)),
         src_prompt=SRC_PROMPT, tgt_prompt=TGT_PROMPT, config=edit_config,
         key_layers=config.key_layers or entry.key_layers, checkpointing=config.checkpointing,
+        compile=None if config.compile is None else CompileChoice(enabled=True, mode=config.compile,
+                                                                  backend=config.compile_backend, reason="bench"),
     )
     bare, no_grad_frames, grad_frames = bare_compute(session=session)
+    stack = contextlib.ExitStack()
+    stack.enter_context(installed(session=session))  # as editor.optimise runs its steps
     return LiveConfig(config=config, session=session, bare_compute=bare, bare_no_grad_frames=no_grad_frames,
-                      bare_grad_frames=grad_frames)
+                      bare_grad_frames=grad_frames, installed=stack)
 
 
 def bare_compute(*, session: editor.EditSession) -> tuple[Callable[[], None], int, int]:

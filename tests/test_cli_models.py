@@ -56,7 +56,7 @@ def test_out_of_memory_exits_5_without_output(monkeypatch: pytest.MonkeyPatch, t
     def exhausted(**kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(dmedit.editor, "run_step", exhausted)
+    monkeypatch.setattr(dmedit.editor, "_step", exhausted)
     output = tmp_path / "oom.mp4"
     result = runner.invoke(app, ["run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask",
                                  "full", "--frames", "4", "-o", str(output)])

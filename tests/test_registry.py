@@ -53,7 +53,9 @@ def matching(patterns: tuple[str, ...], names: list[str]) -> list[str]:
 def test_builtin_registry_has_the_documented_entries() -> None:
     registry = load_registry()
     assert registry.files == (builtin_registry_path(),)
-    assert list(registry.models) == ["zeroscope", "modelscope", "tiny"]
+    assert list(registry.models) == ["zeroscope", "modelscope", "zeroscope-random", "tiny", "show1",
+                                     "show1-interpolation", "show1-sr1", "show1-sr2", "show1-tiny",
+                                     "show1-tiny-interpolation", "show1-tiny-sr1", "show1-tiny-sr2"]
     assert list(registry.detectors) == ["grounding-dino-tiny", "grounding-dino-base", "tiny-detector"]
     zeroscope = registry.model("zeroscope")
     assert zeroscope.repo == "cerspense/zeroscope_v2_576w"
@@ -263,5 +265,5 @@ def test_unknown_names_suggest_the_closest_entry() -> None:
     assert str(caught.value) == "unknown model 'zeroscop'; did you mean 'zeroscope'?"
     with pytest.raises(UsageError, match="did you mean 'grounding-dino-tiny'"):
         registry.detector("grounding-dino-tin")
-    with pytest.raises(UsageError, match="known models: modelscope, tiny, zeroscope"):
+    with pytest.raises(UsageError, match="known models: modelscope, show1, show1-interpolation, .*, tiny, zeroscope"):
         registry.model("sora")

@@ -3,6 +3,10 @@
 Keys are the outputs of `attn1.to_k` inside the spatial transformers (`...attentions.N...attn1`):
 for a batch of B branches of F frames on an h x w grid they are (B*F, h*w, C), branch-major.
 Temporal attention (`temp_attentions`, `transformer_in`) and cross-attention are refused.
+
+Two ways to record them: `recording_keys` registers one forward hook per layer for a whole run (the
+U-Net then has the same hooks on every call, so a compiled U-Net is traced once and never
+recompiled); `capture_keys` registers and removes hooks around a single block of calls.
 """
 
 from __future__ import annotations
@@ -103,3 +107,47 @@ def capture_keys(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@dataclass
+class KeyRecorder:
+    """Forward hooks on the `to_k` of every selected layer, registered once for a whole run.
+
+    Every U-Net call appends each layer's keys (B*F, HW, C), attached to the call's autograd graph;
+    `take` hands over the keys of the calls since the last `clear`.
+    """
+
+    store: KeyStore
+    hooks: tuple[torch.utils.hooks.RemovableHandle, ...]
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    def take(self, *, rows: slice | None = None) -> list[torch.Tensor]:
+        """The recorded keys per layer in layer order, each (rows of) (B*F, HW, C); clears the store.
+        rows: keep only these rows (a copy, so the rest of the batch is freed); None keeps all."""
+        layers = self.store.layers()
+        self.store.clear()
+        return layers if rows is None else [keys[rows].clone() for keys in layers]
+
+
+@contextlib.contextmanager
+def recording_keys(*, layers: Mapping[str, Attention]) -> Iterator[KeyRecorder]:
+    """Hook the layers `select_key_layers` chose for the duration of the block; every hook is
+    removed on exit, also after an exception."""
+    store = KeyStore(layer_names=tuple(layers))
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def make_hook(name: str):
+        def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            store.calls.setdefault(name, []).append(output)
+        return hook
+
+    try:
+        for name, module in layers.items():
+            handles.append(module.to_k.register_forward_hook(make_hook(name)))
+        yield KeyRecorder(store=store, hooks=tuple(handles))
+    finally:
+        for handle in handles:
+            handle.remove()
+        store.clear()

@@ -7,18 +7,25 @@ reaches the same result as an unbroken one and refuses a checkpoint of another r
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from dmedit.errors import UsageError
 
 if TYPE_CHECKING:
+    from dmedit.backends.base import VideoBackend
+    from dmedit.config import EditConfig
     from dmedit.editor import EditSession, EditState
 
 CHECKPOINT_NAME = "checkpoint.pt"
+UNFINGERPRINTED_SETTINGS = ("steps", "checkpoint_every")
+"""EditConfig fields a resumed run may change."""
 CHECKPOINT_FORMAT = 1
 
 
@@ -69,3 +76,20 @@ def load_checkpoint(*, session: "EditSession", state: "EditState", path: Path | 
     state.generator.set_state(payload["generator"])
     state.step = int(payload["step"])
     state.history = {name: list(values) for name, values in payload["history"].items()}
+
+
+def _tensor_digest(tensor: torch.Tensor | None) -> str:
+    if tensor is None:
+        return "none"
+    array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(array.tobytes()).hexdigest() + str(tuple(array.shape))
+
+
+def fingerprint(*, frames: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
+                config: EditConfig, key_layers: Sequence[str], backend: VideoBackend) -> str:
+    """Identity of a run's inputs for --resume: everything but the step count and checkpoint cadence."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNFINGERPRINTED_SETTINGS}
+    record = dict(frames=_tensor_digest(frames), masks=_tensor_digest(masks), prompts=list(prompts),
+                  config=settings, key_layers=list(key_layers), unet=type(backend.unet).__name__,
+                  dtype=str(backend.dtype))
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -18,11 +18,14 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from dmedit.batch_options import with_run_options
+from dmedit.cli_options import (  # noqa: F401 (re-exported for the command modules)
+    INPUT, FRAMES, OUTPUT, MODEL, METHOD, MASKS, CONTROL, MODELS, Fit, OutSize, Checkpointing, CompileMode, SsmKeys, SsmReduction, StopAfter, _option, VideoArg, Start, Frames, Stride, Fps, ModelName, Registry, Device, Offline, Detector, BoxThreshold, TextThreshold, Smooth, Dilate, Overwrite, Quiet,
+)
 from dmedit.config import EditConfig
 from dmedit.console import Reporter
 from dmedit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, DmeditError, Terminated
 from dmedit.settings import (
-    EditOverrides, MaskRequest, MaskSettings, ModelSettings, OutputSettings, RunRequest, SpanSettings,
+    CascadeSettings, EditOverrides, MaskRequest, MaskSettings, ModelSettings, OutputSettings, RunRequest, SpanSettings,
 )
 
 EXIT_CODES_HELP = (
@@ -41,68 +44,6 @@ app = typer.Typer(
 models_app = typer.Typer(help="List, inspect and download the models of the registry.\n\n" + EXIT_CODES_HELP,
                          context_settings=HELP_SETTINGS, invoke_without_command=True)
 app.add_typer(models_app, name="models")
-
-INPUT, FRAMES, OUTPUT, MODEL, METHOD, MASKS, CONTROL = (
-    "Input", "Frames", "Output", "Model", "Method", "Masks", "Run control"
-)
-MODELS = "the model's"
-
-
-class Fit(str, Enum):
-    crop = "crop"
-    pad = "pad"
-    stretch = "stretch"
-
-
-class OutSize(str, Enum):
-    source = "source"
-    model = "model"
-
-
-class Checkpointing(str, Enum):
-    none = "none"
-    block = "block"
-    layer = "layer"
-
-
-class SsmKeys(str, Enum):
-    conditional = "conditional"
-    unconditional = "unconditional"
-
-
-class SsmReduction(str, Enum):
-    mean = "mean"
-    sum = "sum"
-
-
-def _option(*names: str, help: str, panel: str, default: str | bool = True, **checks) -> typer.Option:
-    """A Typer option in `panel`; `default` True shows the parameter's default, a string shows that
-    text instead (for defaults that come from the model entry or the input)."""
-    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=default, **checks)
-
-
-VideoArg = Annotated[Path, typer.Argument(help="Input video (a file, or a pipe such as <(cat clip.mp4)).",
-                                          show_default=False, rich_help_panel=INPUT)]
-Start = Annotated[Optional[str], _option(help="First frame: an index (12) or seconds (1.5s).", panel=FRAMES, default="0")]
-Frames = Annotated[Optional[str], _option(help="Frames to edit: a number, or 'all' (to the end; long spans go in windows).",
-                                          panel=FRAMES, default=MODELS)]
-Stride = Annotated[Optional[int], _option(help="Take every K-th frame.", panel=FRAMES, default="1", min=1)]
-Fps = Annotated[Optional[float], _option(help="Sample at this frame rate.", panel=FRAMES, default="the source's")]
-ModelName = Annotated[str, _option(help="Registry entry.", panel=MODEL)]
-Registry = Annotated[Optional[Path], _option(help="A models.toml merged over the built-in one.", panel=MODEL,
-                                             default="none")]
-Device = Annotated[str, _option(help="auto, cpu, cuda, cuda:N or mps.", panel=MODEL)]
-Offline = Annotated[bool, _option("--offline", help="Never contact the model hub.", panel=MODEL)]
-Detector = Annotated[Optional[str], _option(help="Detector entry.", panel=MASKS, default=MODELS)]
-BoxThreshold = Annotated[Optional[float], _option(help="Detector box score threshold.", panel=MASKS,
-                                                  default="the detector's", min=0, max=1)]
-TextThreshold = Annotated[Optional[float], _option(help="Detector text score threshold.", panel=MASKS,
-                                                   default="the detector's", min=0, max=1)]
-Smooth = Annotated[int, _option(help="Average boxes over K neighbouring frames.", panel=MASKS, min=1)]
-Dilate = Annotated[Optional[float], _option(help="Grow boxes by PX pixels.", panel=MASKS, default="5% of the box")]
-Overwrite = Annotated[bool, _option("--overwrite", help="Replace existing outputs.", panel=OUTPUT)]
-Quiet = Annotated[bool, _option("-q", "--quiet", help="Nothing on stderr but errors and skips.", panel=CONTROL)]
-
 
 @contextmanager
 def exit_codes(reporter: Reporter) -> Iterator[None]:
@@ -193,6 +134,8 @@ def run(
     out_size: Annotated[OutSize, _option(help="Write at the source's or the model's resolution.", panel=OUTPUT)] = OutSize(OutputSettings.size),
     compare: Annotated[bool, _option("--compare", help="Also write OUT.compare.mp4: source | mask | edited.", panel=OUTPUT)] = False,
     plot: Annotated[bool, _option("--plot", help="Also write OUT.loss.png with the loss curves.", panel=OUTPUT)] = False,
+    eval: Annotated[bool, _option("--eval", help="Score the edit (dmedit eval's metrics) into the report's 'eval' key; curves in OUT.eval.png.", panel=OUTPUT)] = False,
+    eval_scorers: Annotated[Optional[str], _option(help="--eval's models: default, none (weight-free only), tiny or ROLE=ENTRY pairs.", panel=OUTPUT, default="default")] = None,
     no_composite: Annotated[bool, _option("--no-composite", help="Write the model's whole frame, not source pixels outside the mask.", panel=OUTPUT)] = False,
     overwrite: Overwrite = False,
     skip_existing: Annotated[bool, _option("--skip-existing", help="Exit 0 without work when the output exists.", panel=OUTPUT)] = False,
@@ -203,7 +146,11 @@ def run(
     offline: Offline = False,
     offload: Annotated[bool, _option("--offload", help="Keep text encoder and VAE on the CPU while the U-Net works.", panel=MODEL)] = False,
     vae_chunk: Annotated[int, _option(help="Frames per VAE call (lower uses less memory).", panel=MODEL, min=1)] = ModelSettings.vae_chunk,
-    checkpointing: Annotated[Checkpointing, _option(help="Recompute U-Net activations in backward (per block or layer): long clips fit.", panel=MODEL)] = Checkpointing.none,
+    checkpointing: Annotated[Checkpointing, _option(help="Recompute U-Net activations in backward (per block or layer): long clips fit. auto: chosen from free memory.", panel=MODEL)] = Checkpointing.auto,
+    compile: Annotated[Optional[bool], _option("--compile/--no-compile", help="torch.compile the U-Net (compiled once per shape, cached on disk).", panel=MODEL, default="on for CUDA")] = None,
+    compile_mode: Annotated[CompileMode, _option(help="Inductor mode; reduce-overhead also replays CUDA graphs (CUDA only).", panel=MODEL)] = CompileMode.default,
+    keyframe_size: Annotated[Optional[str], _option(help="Cascades (show1): keyframe size HEIGHTxWIDTH (the paper's 80x128, the model card's 40x64).", panel=MODEL, default=MODELS)] = None,
+    stop_after: Annotated[Optional[StopAfter], _option(help="Cascades (show1): write the frames of this stage and run none after it.", panel=MODEL, default="the last stage")] = None,
     steps: Annotated[Optional[int], _option(help="Optimisation steps.", panel=METHOD, default=MODELS, min=1)] = None,
     seed: Annotated[int, _option(help="Random seed (same seed and inputs, same output file on one machine).", panel=METHOD, min=0)] = EditConfig.seed,
     guidance_scale: Annotated[Optional[float], _option(help="Classifier-free guidance w (diffusers' convention).", panel=METHOD, default=MODELS)] = None,
@@ -237,11 +184,14 @@ def run(
 
 def _run_command(*, flags: dict) -> None:
     reporter = Reporter(quiet=flags["quiet"], log_every=flags["log_every"])
+    reporter.count_start_up()
     with exit_codes(reporter):
-        _prepare_environment(offline=flags["offline"])
-        from dmedit.pipeline import run_edit
+        with reporter.stage("start-up"):  # imports torch and the model libraries
+            _prepare_environment(offline=flags["offline"])
+            from dmedit.pipeline import run_edit
 
-        written = run_edit(request=run_request(flags=flags), reporter=reporter)
+            request = run_request(flags=flags)
+        written = run_edit(request=request, reporter=reporter)
         if written is not None:
             typer.echo(str(written))
 
@@ -262,7 +212,8 @@ def run_request(*, flags: dict) -> RunRequest:
         model=ModelSettings(name=flags["model"], registry=flags["registry"], device=flags["device"],
                             dtype=flags["dtype"], offload=flags["offload"], vae_chunk=flags["vae_chunk"],
                             checkpointing=None if flags["checkpointing"] is Checkpointing.none
-                            else flags["checkpointing"].value),
+                            else flags["checkpointing"].value, compile=flags["compile"],
+                            compile_mode=flags["compile_mode"].value),
         edit=EditOverrides(
             steps=flags["steps"], seed=flags["seed"], guidance_scale=flags["guidance_scale"],
             learning_rate=flags["lr"], t_min=flags["t_min"], t_max=flags["t_max"], dds_scale=flags["dds_scale"],
@@ -275,7 +226,9 @@ def run_request(*, flags: dict) -> RunRequest:
         output=OutputSettings(path=flags["output"], crf=flags["crf"], audio=not flags["no_audio"],
                               size=flags["out_size"].value, compare=flags["compare"], plot=flags["plot"],
                               composite=not flags["no_composite"], overwrite=flags["overwrite"],
-                              skip_existing=flags["skip_existing"]),
+                              skip_existing=flags["skip_existing"], eval=flags["eval"],
+                              eval_scorers=flags["eval_scorers"]),
+        cascade=CascadeSettings(keyframe_size=flags["keyframe_size"], stop_after=_value(flags["stop_after"])),
     )
 
 
@@ -320,7 +273,7 @@ def mask_preview(
 
 @models_app.callback()
 def models_list(ctx: typer.Context, registry: Registry = None) -> None:
-    """List the registry's video models and detectors, and whether their weights are here."""
+    """List the registry's video models, detectors and metric scorers, and whether their weights are here."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = registry
         return
@@ -353,6 +306,11 @@ def models_pull(ctx: typer.Context, name: Annotated[str, typer.Argument(help="En
 from dmedit.batch_command import BATCH_EXIT_CODES_HELP, batch  # noqa: E402 (it uses the options above)
 
 app.command(epilog=BATCH_EXIT_CODES_HELP)(with_run_options(command=batch, run=run))
+
+from dmedit.eval_command import ABLATE_LEFT_OUT, ablate, eval_command  # noqa: E402 (as batch_command)
+
+app.command("eval", epilog=EXIT_CODES_HELP)(eval_command)
+app.command(epilog=EXIT_CODES_HELP)(with_run_options(command=ablate, run=run, leave_out=ABLATE_LEFT_OUT))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Frozen configuration records. Merge order: defaults < models.toml entry < command-line flags.
 
-Registry parsing (registry.py) builds `ModelEntry`/`DetectorEntry`; the run applies an entry's
+Registry parsing (registry.py) builds `ModelEntry`/`DetectorEntry`/`ScorerEntry`; the run applies an entry's
 `defaults` table over `EditConfig()`, then the command line's `settings.EditOverrides`, with
 `EditConfig.merged`. The user's other settings (span, mask, model, output) are in settings.py.
 """
@@ -133,7 +133,10 @@ class ModelEntry:
     frames, sharing half of them).
     key_layers: fnmatch patterns over U-Net module names selecting the spatial self-attention
     `Attention` modules (…attentions.*…attn1) whose `to_k` outputs feed the SSM losses.
-    defaults: EditConfig overrides (keys from EDIT_DEFAULT_KEYS).
+    defaults: EditConfig overrides (keys from EDIT_DEFAULT_KEYS); for a cascade's stage entry, `steps` and
+    `guidance_scale` are the stage's denoising steps and guidance.
+    stages: a cascade (family in backends.CASCADES): the entries of the stages run after the keyframe
+    optimisation, in order (cascade.py).
     """
 
     name: str
@@ -154,6 +157,7 @@ class ModelEntry:
     detector: str = "grounding-dino-tiny"
     dtype: DtypeByDevice = field(default_factory=DtypeByDevice)
     defaults: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
     description: str = ""
     license: str = ""
     source_file: str = ""
@@ -171,6 +175,24 @@ class DetectorEntry:
     builder: str | None = None
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    description: str = ""
+    license: str = ""
+    source_file: str = ""
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    """One model behind a metric of `dmedit eval` (models.toml `[scorers.NAME]`): CLIP, LPIPS or a tracker.
+
+    family: clip | lpips | efficientloftr (dmedit.scorers.FAMILIES); its folder holds config.json.
+    """
+
+    name: str
+    family: str
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    builder: str | None = None
     description: str = ""
     license: str = ""
     source_file: str = ""

@@ -11,14 +11,26 @@ error line on stderr.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Mapping
 
 from rich.console import Console
 from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux's /proc/self/stat, 10 ms resolution); 0 elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def make_console() -> Console:
@@ -76,11 +88,28 @@ class Reporter:
         return time.perf_counter() - self.started
 
     def timings_so_far(self) -> dict[str, float]:
-        """Each stage's seconds, the stage now running counted up to now, and "total" (elapsed)."""
+        """Each stage's seconds, the stage now running counted up to now, "total" (elapsed) and
+        "unstaged" (total minus the stages: the seconds no stage claims)."""
         timings = dict(self.timings)
         if self.current is not None and self.current != "optimise":
             timings[self.current] = timings.get(self.current, 0.0) + time.perf_counter() - self.stage_started
-        return timings | {"total": self.elapsed()}
+        total = self.elapsed()
+        return timings | {"unstaged": max(0.0, total - sum(timings.values())), "total": total}
+
+    def count_start_up(self) -> None:
+        """Count the process's life before this reporter (interpreter start and imports) as the
+        "start-up" stage, and the total from the process's start."""
+        age = process_age_s()
+        self.started -= age
+        self.timings["start-up"] = self.timings.get("start-up", 0.0) + age
+
+    def split_stage(self, *, stage: str, parts: Mapping[str, float]) -> None:
+        """Move `parts` (name -> seconds measured inside `stage`) out of `stage` into stages of their own."""
+        for name, seconds in parts.items():
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+            self.timings[stage] = max(0.0, self.timings.get(stage, 0.0) - seconds)
+        if self.timings.get(stage, 1.0) < 0.001:  # nothing left of it
+            del self.timings[stage]
 
     def error(self, text: str) -> None:
         self.console.print(f"error: {text}", markup=False, style="bold red" if self.console.is_terminal else None)

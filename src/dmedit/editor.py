@@ -18,9 +18,6 @@ V-DDS); with both SSM terms off, a single no-grad call batches all four branches
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,13 +25,14 @@ from typing import Callable, Sequence
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmedit.attention import capture_keys, select_key_layers
+from dmedit.attention import KeyRecorder, capture_keys, select_key_layers
 from dmedit.backends.base import VideoBackend
-from dmedit.checkpoints import load_checkpoint, save_checkpoint
+from dmedit.checkpoints import fingerprint, load_checkpoint, save_checkpoint
+from dmedit.compilation import CompileChoice, installed, step_begins
 from dmedit.config import EditConfig
 from dmedit.errors import InterruptedRun, ModelError
 from dmedit.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
-from dmedit.speed import GRANULARITIES, checkpointed_blocks
+from dmedit.speed import GRANULARITIES, Stopwatch, checkpointed_blocks
 from dmedit.windows import WindowPlan, draw_starts
 
 SSM_FRAME_CHUNK = 4
@@ -45,7 +43,6 @@ BRANCHES = {
     "source_uncond": ("source_t", 0),
     "source_cond": ("source_t", 1),
 }
-UNFINGERPRINTED_SETTINGS = ("steps", "checkpoint_every")
 SIGNAL_WORDS = {2: "interrupted", 15: "terminated"}
 
 
@@ -66,7 +63,9 @@ class EditSession:
     the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
     modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
     granularity ("block" or "layer") of activation checkpointing in the grad call. windows: the
-    temporal windows a step visits (one window of every frame unless config.window is set)."""
+    temporal windows a step visits (one window of every frame unless config.window is set).
+    compile: how `installed` compiles the U-Net (None: eager). recorder: the run-wide key hooks
+    while `installed` is active (else every U-Net call hooks and unhooks its own)."""
 
     backend: VideoBackend
     config: EditConfig
@@ -79,6 +78,9 @@ class EditSession:
     windows: WindowPlan
     key_modules: dict[str, Attention] = field(default_factory=dict)
     checkpointing: str | None = None
+    compile: CompileChoice | None = None
+    recorder: KeyRecorder | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def frame_count(self) -> int:
@@ -107,6 +109,7 @@ class EditResult:
     history: dict[str, list[float]]
     steps_done: int
     windows: WindowPlan
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,32 +145,17 @@ def branch_plan(*, config: EditConfig) -> BranchPlan:
                       source_keys="source_cond" if conditional else "source_uncond")
 
 
-def _tensor_digest(tensor: torch.Tensor | None) -> str:
-    if tensor is None:
-        return "none"
-    array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-    return hashlib.sha256(array.tobytes()).hexdigest() + str(tuple(array.shape))
-
-
-def _fingerprint(*, frames: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
-                 config: EditConfig, key_layers: Sequence[str], backend: VideoBackend) -> str:
-    """Identity of a run's inputs for --resume: everything but the step count and checkpoint cadence."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNFINGERPRINTED_SETTINGS}
-    record = dict(frames=_tensor_digest(frames), masks=_tensor_digest(masks), prompts=list(prompts),
-                  config=settings, key_layers=list(key_layers), unet=type(backend.unet).__name__,
-                  dtype=str(backend.dtype))
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
 def prepare(
     *, backend: VideoBackend, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str,
     tgt_prompt: str, config: EditConfig, key_layers: Sequence[str], checkpointing: str | None = None,
+    compile: CompileChoice | None = None,
 ) -> EditSession:
     """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid.
 
     Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
     (UsageError) before any work when an SSM term is on. checkpointing ("block" / "layer") turns
-    on activation checkpointing of the grad call (dmedit.speed; same results up to rounding).
+    on activation checkpointing of the grad call (dmedit.speed; same results up to rounding);
+    compile: torch.compile of the U-Net while `installed` is active (dmedit.compilation).
     """
     if checkpointing not in (None, *GRANULARITIES):
         raise ValueError(f"checkpointing must be None or one of {GRANULARITIES}, got {checkpointing!r}")
@@ -179,7 +167,9 @@ def prepare(
             module.requires_grad_(False)
     plan = branch_plan(config=config)
     key_modules = {} if plan.grad is None else select_key_layers(unet=backend.unet, patterns=key_layers)
+    clock = Stopwatch(device=backend.device)
     source = backend.encode_video(frames=frames).float()
+    timings = {"vae encode": clock.lap()}
     mask = None
     if masks is not None and config.use_mask:
         if tuple(masks.shape) != (1, 1, *source.shape[2:]):
@@ -187,6 +177,7 @@ def prepare(
         mask = masks.to(source.device, torch.float32)
     prompts = ["", src_prompt, tgt_prompt]
     embeddings = backend.encode_prompts(prompts=prompts)
+    timings["text encode"] = clock.lap()
     calls = [plan.no_grad] + ([(plan.grad,)] if plan.grad is not None else [])
     count = int(source.shape[2])
     windowed = 0 < config.window < count
@@ -195,9 +186,10 @@ def prepare(
     return EditSession(
         backend=backend, config=config, key_layers=tuple(key_layers), source_latents=source, mask=mask,
         branch_embeddings={call: embeddings[[BRANCHES[name][1] for name in call]] for call in calls},
-        plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows,
-        fingerprint=_fingerprint(frames=frames, masks=masks, prompts=prompts, config=config,
-                                 key_layers=key_layers, backend=backend),
+        plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows, compile=compile,
+        timings=timings,
+        fingerprint=fingerprint(frames=frames, masks=masks, prompts=prompts, config=config,
+                                key_layers=key_layers, backend=backend),
     )
 
 
@@ -218,18 +210,27 @@ def _unet_call(
     per key layer, each (F,HW,C), or None when keys_of is None)."""
     backend, frames = session.backend, int(noised["x_t"].shape[2])
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
+    rows = None
+    if keys_of is not None and len(branches) > 1:
+        index = branches.index(keys_of)
+        rows = slice(index * frames, (index + 1) * frames)
+    recorder = session.recorder
     with contextlib.ExitStack() as stack:
         store = None
-        if keys_of is not None:
-            index = branches.index(keys_of)
-            rows = None if len(branches) == 1 else slice(index * frames, (index + 1) * frames)
+        if recorder is not None:
+            recorder.clear()
+        elif keys_of is not None:
             store = stack.enter_context(capture_keys(unet=backend.unet, patterns=session.key_layers,
                                                      rows=rows, layers=session.key_modules))
-        if session.checkpointing is not None:
+        if recorder is None and session.checkpointing is not None:
             stack.enter_context(checkpointed_blocks(unet=backend.unet, granularity=session.checkpointing))
         eps = backend.predict_noise(latents=latents, timesteps=t.expand(len(branches)),
                                     text_embeddings=session.branch_embeddings[branches])
-    return dict(zip(branches, eps.split(1))), (None if store is None else store.layers())
+    if keys_of is None:
+        keys = None
+    else:
+        keys = recorder.take(rows=rows) if recorder is not None else store.layers()
+    return dict(zip(branches, eps.split(1))), keys
 
 
 def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, torch.Tensor]:
@@ -287,13 +288,9 @@ def _require_finite(*, session: EditSession, finite: bool, where: str) -> None:
     raise ModelError(f"the model produced NaN/inf {where}; nothing was written ({advice})")
 
 
-def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
-    """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name], one backward per window; a frame
-    in several windows gets the mean of their gradients.
-
-    Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted, averaged
-    over the step's windows) and appends them to state.history. ModelError when x(θ) stops being finite.
-    """
+def _step(*, session: EditSession, state: EditState) -> tuple[torch.Tensor, list[str]]:
+    """One SGD step, kept on the device: -> ([finite, t, dds, *losses] (float32), the loss names)."""
+    step_begins(choice=session.compile)
     draw = draw_step(session=session, state=state)
     weights = session.config.weights()
     state.optimizer.zero_grad(set_to_none=True)
@@ -309,13 +306,34 @@ def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    finite, t, dds, *losses = torch.cat([  # one device-to-host transfer per step
-        torch.isfinite(state.latents).all().float().view(1), draw.t.float(), torch.stack(logged).mean(dim=0)]).tolist()
-    _require_finite(session=session, finite=finite == 1.0, where=f"latents at step {state.step}")
-    terms = {"t": t, "dds": dds, **dict(zip(names, losses))}
-    for name, value in terms.items():
-        state.history.setdefault(name, []).append(value)
+    return torch.cat([torch.isfinite(state.latents).all().float().view(1), draw.t.float(),
+                      torch.stack(logged).mean(dim=0)]), names
+
+
+def _read_records(*, session: EditSession, state: EditState, records: list[torch.Tensor], names: list[str],
+                  first_step: int) -> list[dict[str, float]]:
+    """Steps first_step+1.. as logged terms, in one device-to-host transfer; appended to state.history.
+    ModelError naming the first step whose x(θ) was not finite."""
+    rows = torch.stack(records).tolist()
+    terms = []
+    for number, (finite, t, dds, *losses) in enumerate(rows, start=first_step + 1):
+        _require_finite(session=session, finite=finite == 1.0, where=f"latents at step {number}")
+        terms.append({"t": t, "dds": dds, **dict(zip(names, losses))})
+    for step_terms in terms:
+        for name, value in step_terms.items():
+            state.history.setdefault(name, []).append(value)
     return terms
+
+
+def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
+    """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name], one backward per window; a frame
+    in several windows gets the mean of their gradients.
+
+    Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted, averaged
+    over the step's windows) and appends them to state.history. ModelError when x(θ) stops being finite.
+    """
+    record, names = _step(session=session, state=state)
+    return _read_records(session=session, state=state, records=[record], names=names, first_step=state.step - 1)[0]
 
 
 def decode(*, session: EditSession, state: EditState) -> EditResult:
@@ -330,11 +348,14 @@ def decode(*, session: EditSession, state: EditState) -> EditResult:
 def optimise(
     *, session: EditSession, on_step: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Path | None = None, resume: bool = False, stop_requested: Callable[[], int] = lambda: 0,
+    log_every: int = 1,
 ) -> EditResult:
-    """Run the session's config.steps steps and decode x(θ) -> EditResult.
+    """Run the session's config.steps steps (with `installed` active) and decode x(θ) -> EditResult.
 
-    on_step(step_index, terms) runs after each step (counting from 0). A checkpoint is written to
-    `checkpoint` every config.checkpoint_every steps, after the last step, and when
+    The loss values and the finiteness check are read from the device every `log_every` steps (and
+    before a checkpoint, a stop and the last step), so a step never waits for the host;
+    on_step(step_index, terms) then runs for each step read (counting from 0). A checkpoint is
+    written to `checkpoint` every config.checkpoint_every steps, after the last step, and when
     stop_requested() returns a signal number before the last step, which then raises
     InterruptedRun (exit 128 + that number). resume=True continues from `checkpoint` (steps may
     be raised) to the same result as an unbroken run.
@@ -343,18 +364,32 @@ def optimise(
     state = new_state(session=session)
     if resume:
         load_checkpoint(session=session, state=state, path=checkpoint)
-    while state.step < config.steps:
-        terms = run_step(session=session, state=state)
-        if on_step is not None:
-            on_step(state.step - 1, terms)
-        signum = stop_requested() if state.step < config.steps else 0
-        due = state.step % config.checkpoint_every == 0 or state.step == config.steps or signum
-        if checkpoint is not None and due:
-            save_checkpoint(session=session, state=state, path=checkpoint)
-        if signum:
-            where = (f"checkpoint saved to {checkpoint}; run the same command with --resume to continue"
-                     if checkpoint is not None else "no checkpoint was written")
-            word = SIGNAL_WORDS.get(signum, f"stopped by signal {signum}")
-            raise InterruptedRun(f"{word} after step {state.step}/{config.steps}; {where}", signum=signum)
-    return decode(session=session, state=state)
-
+    pending: list[torch.Tensor] = []
+    started = state.step
+    clock, timings = Stopwatch(device=state.latents.device), {"first step": 0.0, "steps": 0.0}
+    with installed(session=session):
+        while state.step < config.steps:
+            record, names = _step(session=session, state=state)
+            if state.step == started + 1:
+                timings["first step"] = clock.lap()
+            pending.append(record)
+            signum = stop_requested() if state.step < config.steps else 0
+            due = state.step % config.checkpoint_every == 0 or state.step == config.steps or signum
+            if due or len(pending) >= log_every:
+                first = state.step - len(pending)
+                for index, terms in enumerate(_read_records(session=session, state=state, records=pending,
+                                                            names=names, first_step=first)):
+                    if on_step is not None:
+                        on_step(first + index, terms)
+                pending.clear()
+            if checkpoint is not None and due:
+                save_checkpoint(session=session, state=state, path=checkpoint)
+            if signum:
+                where = (f"checkpoint saved to {checkpoint}; run the same command with --resume to continue"
+                         if checkpoint is not None else "no checkpoint was written")
+                word = SIGNAL_WORDS.get(signum, f"stopped by signal {signum}")
+                raise InterruptedRun(f"{word} after step {state.step}/{config.steps}; {where}", signum=signum)
+    timings["steps"] = clock.lap()
+    result = decode(session=session, state=state)
+    result.timings.update(timings, decode=clock.lap())
+    return result

@@ -3,7 +3,7 @@
 Lookup order for one registry entry:
 1. `builder` entries: <path or cache_dir()/NAME>, built offline on first use (no network ever);
 2. `path` entries: that folder, which must hold model_index.json (video models) or config.json
-   (detectors); the hub is never consulted, so a fine-tune never silently falls back to its base;
+   (detectors, scorers); the hub is never consulted, so a fine-tune never silently falls back to its base;
 3. `repo` entries: the Hugging Face cache snapshot of repo@revision, used only when complete.
 Nothing here touches the network except `pull`, which first checks in seconds that the hub (or
 the proxy that would carry the request) accepts a connection, then keeps huggingface_hub's retry
@@ -30,14 +30,21 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from dmedit.config import DetectorEntry, ModelEntry
+from dmedit.config import DetectorEntry, ModelEntry, ScorerEntry
 from dmedit.errors import DmeditError, ModelError, UsageError
 
 CACHE_ENV = "DMEDIT_CACHE"
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 BUILDERS: dict[str, str] = {
     "tiny-t2v": "dmedit.backends.tiny:build_tiny_video_model",
+    "zeroscope-random": "dmedit.backends.zeroscope_random:build_zeroscope_random",
     "tiny-grounding-dino": "dmedit.backends.grounding_dino:build_tiny_detector",
+    "tiny-show1-base": "dmedit.backends.show1_tiny:build_tiny_show1_base",
+    "tiny-show1-interpolation": "dmedit.backends.show1_tiny:build_tiny_show1_interpolation",
+    "tiny-show1-sr1": "dmedit.backends.show1_tiny:build_tiny_show1_sr1",
+    "tiny-clip": "dmedit.scorers.clip:build_tiny_clip",
+    "tiny-lpips": "dmedit.scorers.lpips:build_tiny_lpips",
+    "tiny-tracker": "dmedit.scorers.tracker:build_tiny_tracker",
 }
 """Builder name -> "module:function"; each function is called as fn(path=Path) and writes the folder."""
 BUILD_REVISION = 1
@@ -52,7 +59,7 @@ CONNECT_TIMEOUT_S = 5.0
 """How long `pull` waits for the hub (or its proxy) to resolve and accept a TCP connection."""
 _DEFAULT_PORTS = {"http": 80, "https": 443, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
-Entry = ModelEntry | DetectorEntry
+Entry = ModelEntry | DetectorEntry | ScorerEntry
 
 
 def cache_dir() -> Path:
@@ -84,7 +91,7 @@ def is_offline() -> bool:
 
 
 def marker_file(*, entry: Entry) -> str:
-    """The file whose presence makes a folder a model: model_index.json or config.json (detectors)."""
+    """The file whose presence makes a folder a model: model_index.json or config.json (detectors, scorers)."""
     return "model_index.json" if isinstance(entry, ModelEntry) else "config.json"
 
 
@@ -257,7 +264,7 @@ def select_repo_files(*, files: Iterable[str], variant: str | None) -> list[str]
 
 
 def _kind(*, entry: Entry) -> str:
-    return "model" if isinstance(entry, ModelEntry) else "detector"
+    return "model" if isinstance(entry, ModelEntry) else "scorer" if isinstance(entry, ScorerEntry) else "detector"
 
 
 def _one_line(error: BaseException) -> str:
@@ -268,7 +275,7 @@ def _one_line(error: BaseException) -> str:
 def _missing_message(*, entry: Entry) -> str:
     label = f"{_kind(entry=entry)} '{entry.name}'"
     marker = marker_file(entry=entry)
-    table = "models" if isinstance(entry, ModelEntry) else "detectors"
+    table = f"{_kind(entry=entry)}s"
     defined_in = entry.source_file or "a registry file"
     if entry.path is not None:
         return (

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
     import torch
 
     from dmedit.backends.base import VideoBackend
-    from dmedit.config import DetectorEntry, ModelEntry
+    from dmedit.config import DetectorEntry, ModelEntry, ScorerEntry
     from dmedit.masks import BoxDetector
 
 
 @dataclass
 class ModelCache:
-    """Loaded video backends and detectors by what identifies them; `loads` counts real loads."""
+    """Loaded video backends, detectors and metric scorers by what identifies them; `loads` counts real loads."""
 
     loaded: dict[Hashable, Any] = field(default_factory=dict)
     loads: int = 0
@@ -51,6 +51,13 @@ class ModelCache:
 
         key = ("detector", entry.name, entry.family, str(folder), str(device))
         return self._get(key=key, load=lambda: load_detector(entry=entry, folder=folder, device=device))
+
+    def scorer(self, *, entry: "ScorerEntry", folder: Path, device: "torch.device") -> Any:
+        """The scorer entry's model (CLIP, LPIPS, tracker) from `folder` (scorers.load_scorer), loaded once."""
+        from dmedit.scorers import load_scorer
+
+        key = ("scorer", entry.name, entry.family, str(folder), str(device))
+        return self._get(key=key, load=lambda: load_scorer(entry=entry, folder=folder, device=device))
 
     def clear(self) -> None:
         """Drop every loaded model (their memory is freed once nothing else holds them)."""

@@ -8,7 +8,6 @@ Out of memory, anywhere in a run, is mapped to exit 5 here and only here (`_memo
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import stat
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from dmedit import video as videos
 from dmedit.config import EditConfig, ModelEntry
 from dmedit.console import Reporter
 from dmedit.errors import OutOfMemoryError, UsageError
@@ -65,13 +65,17 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class RunContext:
-    """A planned run with its source frames (T,H,W,3) uint8 and its edit mask (with the fit mapping)."""
+    """A planned run with its source frames (T,H,W,3) uint8 and its edit mask (with the fit mapping);
+    stages: a cascade's stage records for the report (cascade.py); speed: the compile and
+    checkpointing choices of its optimisation, for the report."""
 
     plan: RunPlan
     source: np.ndarray
     mask: "EditMask"
     notes: list[str] = field(default_factory=list)
     seams: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -90,8 +94,6 @@ def _memory_failures(*, reporter: Reporter) -> Iterator[None]:
 def run_edit(*, request: RunRequest, reporter: Reporter, models: ModelCache | None = None) -> Path | None:
     """The whole `dmedit run`; returns the output path (None when skipped). `models` keeps loaded
     models for later runs of this process (a batch); None loads them for this run alone."""
-    from dmedit import video as videos
-
     output = request.output.path or default_output(video=request.video)
     if request.output.path is None and _is_stream(request.video):
         raise UsageError(f"{request.video} is a pipe or device; name the output with -o OUT.mp4")
@@ -105,10 +107,17 @@ def run_edit(*, request: RunRequest, reporter: Reporter, models: ModelCache | No
             remove_stale_partials(output=output)
             plan = _plan(request=request, video=video, output=output, reporter=reporter,
                          models=models if models is not None else ModelCache())
-            run = _context(plan=plan, reporter=reporter)
-            result = _optimise(run=run, reporter=reporter)
+            if plan.entry.stages:
+                from dmedit.cascade import run_cascade
+
+                run, result = run_cascade(plan=plan, reporter=reporter, context=_context, optimise=_optimise)
+            else:
+                run = _context(plan=plan, reporter=reporter)
+                result = _optimise(run=run, reporter=reporter)
+            with reporter.stage("composite"):
+                edited = _output_frames(run=run, result=result)
             with reporter.stage("write"):
-                _write_bundle(run=run, result=result, reporter=reporter)
+                _write_bundle(run=run, result=result, edited=edited, reporter=reporter)
             shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
     return output
 
@@ -130,20 +139,30 @@ def _select_span(*, info: "VideoInfo", entry: ModelEntry, span: SpanSettings) ->
 
 
 def _plan(*, request: RunRequest, video: Path, output: Path, reporter: Reporter, models: ModelCache) -> RunPlan:
-    from dmedit import video as videos
+    with reporter.stage("probe"):
+        info = videos.probe(path=video, shown_as=request.video)
+    with reporter.stage("plan"):
+        return _plan_model(request=request, info=info, output=output, reporter=reporter, models=models)
+
+
+def _plan_model(*, request: RunRequest, info: "VideoInfo", output: Path, reporter: Reporter,
+                models: ModelCache) -> RunPlan:
+    """The registry entry, its weights (built or located), the settings and the device."""
     from dmedit.backends import resolve_device, resolve_dtype
-    from dmedit.hub import resolve_weights
+    from dmedit.cascade import cascade_weights
     from dmedit.registry import load_registry
     from dmedit.windows import resolve_windows
 
-    with reporter.stage("probe"):
-        info = videos.probe(path=video, shown_as=request.video)
     registry = load_registry(registry_file=request.model.registry)
     entry = registry.model(request.model.name)
     config = EditConfig().merged(entry.defaults).merged(request.edit.as_dict())
     span = _select_span(info=info, entry=entry, span=request.span)
     config = resolve_windows(config=config, entry=entry, frames=len(span.indices), given=request.edit)
-    weights = resolve_weights(entry=entry)
+    weights = cascade_weights(entry=entry, registry=registry, request=request)
+    if request.output.eval:  # the metrics' models too, before any frame is decoded
+        from dmedit.evaluation import check_scorers, parse_scorers
+
+        check_scorers(registry=registry, scorers=parse_scorers(text=request.output.eval_scorers))
     device = resolve_device(name=request.model.device)
     dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
@@ -192,8 +211,6 @@ def _edit_mask(*, plan: RunPlan, source: np.ndarray) -> "EditMask":
 
 
 def _context(*, plan: RunPlan, reporter: Reporter) -> RunContext:
-    from dmedit import video as videos
-
     with reporter.stage("read"):
         source = videos.read_frames(info=plan.info, span=plan.span)
     with reporter.stage("masks"):
@@ -213,21 +230,31 @@ def _context(*, plan: RunPlan, reporter: Reporter) -> RunContext:
 
 
 def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
-    from dmedit import editor
     from dmedit.checkpoints import checkpoint_path
     from dmedit.fit import apply_fit, frames_to_tensor
     from dmedit.interrupts import stop_after_step
 
     plan, settings = run.plan, run.plan.request.model
     with reporter.stage("load model"):
+        from dmedit import editor  # imports diffusers: part of loading the model
+        from dmedit.compilation import compile_counters
+        from dmedit.speed import speed_choices
+
         backend = plan.models.backend(entry=plan.entry, folder=plan.weights, device=plan.device, dtype=plan.dtype,
                                       vae_chunk=settings.vae_chunk, offload=settings.offload)
     with reporter.stage("encode"):
         pixels = frames_to_tensor(frames=apply_fit(frames=run.source, mapping=run.mask.mapping))
-        latent_mask = run.mask.latent(latent_height=plan.entry.height // 8, latent_width=plan.entry.width // 8)
+        scale = getattr(backend, "latent_scale", 8)  # pixels per latent cell: 1 for pixel-space models
+        latent_mask = run.mask.latent(latent_height=plan.entry.height // scale, latent_width=plan.entry.width // scale)
+        checkpointing, compile_choice = speed_choices(settings=settings, config=plan.config, device=plan.device,
+                                                      dtype=plan.dtype, unet=backend.unet,
+                                                      grid=tuple(latent_mask.shape[2:]))
+        run.speed.update(checkpointing=checkpointing.to_dict(), compile=compile_choice.to_dict())
         session = editor.prepare(backend=backend, frames=pixels, masks=latent_mask.to(plan.device),
                                  src_prompt=plan.request.src, tgt_prompt=plan.request.tgt, config=plan.config,
-                                 key_layers=plan.entry.key_layers, checkpointing=settings.checkpointing)
+                                 key_layers=plan.entry.key_layers, checkpointing=checkpointing.granularity,
+                                 compile=compile_choice)
+    reporter.split_stage(stage="encode", parts=session.timings)
     if session.windows.windowed:
         windows = session.windows
         counts = sorted({len(windows.starts(offset=offset)) for offset in range(windows.stride)})
@@ -238,9 +265,14 @@ def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
     resume = plan.request.resume and checkpoint.is_file()
     if plan.request.resume and not resume:
         reporter.line(f"--resume: no checkpoint at {checkpoint}; starting from step 0")
+    read_every = reporter.log_every if plan.device.type == "cuda" else 1  # no host sync per step on a GPU
     with stop_after_step() as stop, reporter.steps(total=plan.config.steps) as progress:
-        return editor.optimise(session=session, on_step=progress.update, checkpoint=checkpoint, resume=resume,
-                               stop_requested=stop)
+        result = editor.optimise(session=session, on_step=progress.update, checkpoint=checkpoint, resume=resume,
+                                 stop_requested=stop, log_every=read_every)
+    reporter.split_stage(stage="optimise", parts=result.timings)
+    if compile_choice.enabled:
+        run.speed["compile"] |= {"first_step_s": round(result.timings["first step"], 3), **compile_counters()}
+    return result
 
 
 def _output_frames(*, run: RunContext, result: "EditResult") -> np.ndarray:
@@ -268,14 +300,13 @@ def _compare_frames(*, run: RunContext, edited: np.ndarray) -> np.ndarray:
     return side_by_side(panels=[source, overlay, edited])
 
 
-def _write_bundle(*, run: RunContext, result: "EditResult", reporter: Reporter) -> None:
+def _write_bundle(*, run: RunContext, result: "EditResult", edited: np.ndarray, reporter: Reporter) -> None:
     """Every file in a staging folder (compare, plot, MP4, then the report with the full timings),
     renamed into place together at the end (outputs.staged_bundle)."""
-    from dmedit.report import plot_losses, write_json
+    from dmedit.report import plot_losses, run_report, write_json
     from dmedit.video import write_video
 
     plan, settings = run.plan, run.plan.request.output
-    edited = _output_frames(run=run, result=result)
     has_audio = settings.audio and plan.info.has_audio
     audio = dict(audio_source=plan.info.path if has_audio else None, audio_start=plan.span.start_time,
                  audio_duration=plan.span.duration, crf=settings.crf, fps=plan.span.fps,
@@ -292,7 +323,12 @@ def _write_bundle(*, run: RunContext, result: "EditResult", reporter: Reporter) 
             reporter.warn(written.note)
         if result.windows.windowed:
             run.notes.append(_seams_note(run=run, result=result, edited=edited))
-        report = _report(run=run, result=result, reporter=reporter, written=written)
+        report = run_report(run=run, result=result, timings=reporter.timings_so_far(), written=written)
+        if settings.eval:
+            from dmedit.evaluation import evaluate_run
+
+            curves = folder / companion(output=plan.output, suffix=".eval.png").name
+            report["eval"] = evaluate_run(run=run, edited=edited, curves=curves)
         write_json(path=folder / companion(output=plan.output, suffix=".json").name, data=report)
 
 
@@ -310,32 +346,6 @@ def _seams_note(*, run: RunContext, result: "EditResult", edited: np.ndarray) ->
     return f"seams: the edit changes {figure} times as much across window boundaries as elsewhere (1 = seamless)"
 
 
-def _report(*, run: RunContext, result: "EditResult", reporter: Reporter, written: Any) -> dict[str, Any]:
-    from dmedit.report import package_versions, peak_memory, thread_settings
-
-    plan = run.plan
-    options = plan.request.to_dict()
-    options["output"]["path"] = str(plan.output)
-    entry = plan.entry
-    timings = {name: round(value, 3) for name, value in reporter.timings_so_far().items()}
-    return {
-        "input": plan.info.to_dict(), "span": plan.span.to_dict(), "fit": run.mask.mapping.to_dict(),
-        "options": options, "edit": dataclasses.asdict(plan.config), "seed": plan.config.seed,
-        "resolved": {"device": str(plan.device), "dtype": str(plan.dtype).removeprefix("torch."),
-                     "frames": len(plan.span.indices), "model": entry.name, "mask": run.mask.origin,
-                     "detector": (plan.request.mask.detector or entry.detector) if run.mask.detection else None},
-        "threads": thread_settings(),
-        "mask": run.mask.to_dict(), "notes": list(run.notes),
-        "windows": result.windows.to_dict() if result.windows.windowed else None, "seams": run.seams or None,
-        "written": written.to_dict() | {"path": str(plan.output)},
-        "model": {"name": entry.name, "family": entry.family, "repo": entry.repo, "revision": entry.revision,
-                  "path": entry.path, "width": entry.width, "height": entry.height, "source_file": entry.source_file},
-        "versions": package_versions(), "peak_memory": peak_memory(),
-        "timings_s": timings,
-        "steps_done": result.steps_done, "loss_history": result.history,
-    }
-
-
 def _mask_outputs(*, request: MaskRequest) -> tuple[Path, Path]:
     base = request.output.path or request.video.with_suffix("")
     if base.suffix == ".mp4":
@@ -345,7 +355,6 @@ def _mask_outputs(*, request: MaskRequest) -> tuple[Path, Path]:
 
 def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path, Path]:
     """`dmedit mask`: detection only (no video model): OUT.mask.mp4 and OUT.masks/*.png (+ span.json)."""
-    from dmedit import video as videos
     from dmedit.backends import resolve_device
     from dmedit.mask_files import save_mask_pngs
     from dmedit.masks import draw_preview

@@ -1,4 +1,4 @@
-"""The model registry: models.toml files read into typed, checked `ModelEntry`/`DetectorEntry`s.
+"""The model registry: models.toml files read into typed, checked `ModelEntry`/`DetectorEntry`/`ScorerEntry`s.
 
 Files, each merged over the ones before it (an entry of the same name merges key by key, its
 `dtype` and `defaults` sub-tables too):
@@ -23,17 +23,19 @@ from typing import Any, Mapping, Sequence
 
 import platformdirs
 
-from dmedit.config import EDIT_DEFAULT_KEYS, DetectorEntry, DtypeByDevice, EditConfig, ModelEntry
+from dmedit.config import EDIT_DEFAULT_KEYS, DetectorEntry, DtypeByDevice, EditConfig, ModelEntry, ScorerEntry
 from dmedit.errors import UsageError
-from dmedit.backends import DETECTOR_FAMILIES, FAMILIES as VIDEO_FAMILIES
+from dmedit.backends import CASCADES, DETECTOR_FAMILIES, FAMILIES as VIDEO_FAMILIES, STAGE_FAMILIES
 from dmedit.hub import BUILDERS
+from dmedit.scorers import FAMILIES as SCORER_FAMILIES
 
 REGISTRY_FILE_NAME = "models.toml"
 MODELS_ENV = "DMEDIT_MODELS"
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
-TABLES = {"models": ModelEntry, "detectors": DetectorEntry}
-KINDS = {"models": "model", "detectors": "detector"}
-FAMILIES = {"models": tuple(VIDEO_FAMILIES), "detectors": tuple(DETECTOR_FAMILIES)}
+TABLES = {"models": ModelEntry, "detectors": DetectorEntry, "scorers": ScorerEntry}
+KINDS = {"models": "model", "detectors": "detector", "scorers": "scorer"}
+FAMILIES = {"models": (*VIDEO_FAMILIES, *STAGE_FAMILIES), "detectors": tuple(DETECTOR_FAMILIES),
+            "scorers": tuple(SCORER_FAMILIES)}
 SUB_TABLES = ("dtype", "defaults")
 ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOML_TYPE_NAMES = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table"}
@@ -44,11 +46,12 @@ RawEntry = dict[str, Any]
 
 @dataclass(frozen=True)
 class Registry:
-    """Every model and detector after merging all registry files (`files`, in merge order)."""
+    """Every model, detector and scorer after merging all registry files (`files`, in merge order)."""
 
     models: Mapping[str, ModelEntry]
     detectors: Mapping[str, DetectorEntry]
     files: tuple[Path, ...]
+    scorers: Mapping[str, ScorerEntry] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
     def model(self, name: str) -> ModelEntry:
         """The entry `name`; an unknown name is a UsageError suggesting the closest one."""
@@ -57,6 +60,10 @@ class Registry:
     def detector(self, name: str) -> DetectorEntry:
         """The entry `name`; an unknown name is a UsageError suggesting the closest one."""
         return _lookup(entries=self.detectors, kind="detector", name=name)
+
+    def scorer(self, name: str) -> ScorerEntry:
+        """The entry `name` (a metric's model); an unknown name is a UsageError suggesting the closest one."""
+        return _lookup(entries=self.scorers, kind="scorer", name=name)
 
 
 def builtin_registry_path() -> Path:
@@ -99,8 +106,8 @@ def load_registry(*, registry_file: Path | None = None) -> Registry:
     return build_registry(layers=layers, files=files)
 
 
-def parse_registry_text(*, text: str, source: str) -> tuple[dict[str, RawEntry], dict[str, RawEntry]]:
-    """Check one file's TOML text; return its (models, detectors) entries, keys as written.
+def parse_registry_text(*, text: str, source: str) -> tuple[dict[str, RawEntry], ...]:
+    """Check one file's TOML text; return its (models, detectors, scorers) entries, keys as written.
 
     `source` names the file in errors and in each entry's `source_file`; a relative `path` value is
     taken relative to its folder, and a leading "~" is expanded.
@@ -111,7 +118,8 @@ def parse_registry_text(*, text: str, source: str) -> tuple[dict[str, RawEntry],
         raise UsageError(f"{source}: invalid TOML: {error}") from error
     for table, entries in document.items():
         if table not in TABLES:
-            raise UsageError(f"{source}: unknown table [{table}]; use [models.NAME] or [detectors.NAME]")
+            raise UsageError(f"{source}: unknown table [{table}]; use [models.NAME], [detectors.NAME] or "
+                             "[scorers.NAME]")
         if not isinstance(entries, dict):
             raise UsageError(f"{source}: '{table}' must be a table of [{table}.NAME] entries")
     parsed = []
@@ -125,11 +133,11 @@ def parse_registry_text(*, text: str, source: str) -> tuple[dict[str, RawEntry],
                 raise UsageError(f"{where} must be a table, got {_describe(raw)}")
             checked[name] = _check_keys(table=table, raw=raw, where=where, source=source)
         parsed.append(checked)
-    return parsed[0], parsed[1]
+    return tuple(parsed)
 
 
 def build_registry(
-    *, layers: Sequence[tuple[dict[str, RawEntry], dict[str, RawEntry]]], files: Sequence[Path] = ()
+    *, layers: Sequence[tuple[dict[str, RawEntry], ...]], files: Sequence[Path] = ()
 ) -> Registry:
     """Merge parsed files (earliest first), resolve `base`, and build the checked entries."""
     merged: dict[str, dict[str, RawEntry]] = {table: {} for table in TABLES}
@@ -148,10 +156,12 @@ def build_registry(
             hint = f"; did you mean {close[0]!r}?" if close else ""
             where = f"{entry.source_file}: [models.{entry.name}] key 'detector'"
             raise UsageError(f"{where}: unknown detector {entry.detector!r}{hint}")
+        _check_stages(entry=entry, models=built["models"])
     return Registry(
         models=types.MappingProxyType(built["models"]),
         detectors=types.MappingProxyType(built["detectors"]),
         files=tuple(Path(path) for path in files),
+        scorers=types.MappingProxyType(built["scorers"]),
     )
 
 
@@ -301,7 +311,7 @@ def _resolve_bases(*, table: str, entries: dict[str, RawEntry]) -> dict[str, Raw
     return resolved
 
 
-def _build_entry(*, table: str, name: str, raw: RawEntry) -> ModelEntry | DetectorEntry:
+def _build_entry(*, table: str, name: str, raw: RawEntry) -> ModelEntry | DetectorEntry | ScorerEntry:
     entry_class = TABLES[table]
     where = f"{raw['source_file']}: [{table}.{name}]"
     for field in dataclasses.fields(entry_class):
@@ -315,12 +325,12 @@ def _build_entry(*, table: str, name: str, raw: RawEntry) -> ModelEntry | Detect
     _check_common(entry=entry, table=table, where=where)
     if isinstance(entry, ModelEntry):
         _check_model(entry=entry, where=where)
-    else:
+    elif isinstance(entry, DetectorEntry):
         _check_detector(entry=entry, where=where)
     return entry
 
 
-def _check_common(*, entry: ModelEntry | DetectorEntry, table: str, where: str) -> None:
+def _check_common(*, entry: ModelEntry | DetectorEntry | ScorerEntry, table: str, where: str) -> None:
     if entry.family not in FAMILIES[table]:
         raise UsageError(f"{where} key 'family' must be one of {', '.join(FAMILIES[table])}, got {entry.family!r}")
     if not (entry.repo or entry.path or entry.builder):
@@ -350,6 +360,25 @@ def _check_model(*, entry: ModelEntry, where: str) -> None:
         EditConfig().merged(entry.defaults)
     except UsageError as error:
         raise UsageError(f"{where} key 'defaults': {error}") from error
+
+
+def _check_stages(*, entry: ModelEntry, models: Mapping[str, ModelEntry]) -> None:
+    """A cascade's family (backends.CASCADES) names, in `stages`, entries of its stage families in order."""
+    where = f"{entry.source_file}: [models.{entry.name}] key 'stages'"
+    wanted = CASCADES.get(entry.family, ())
+    if not wanted:
+        if entry.stages:
+            raise UsageError(f"{where}: family {entry.family!r} is not a cascade; remove 'stages'")
+        return
+    if len(entry.stages) != len(wanted):
+        raise UsageError(f"{where}: a {entry.family} cascade needs {len(wanted)} stages ({', '.join(wanted)}), "
+                         f"got {len(entry.stages)}")
+    for name, family in zip(entry.stages, wanted):
+        if name not in models:
+            close = difflib.get_close_matches(name, list(models), n=1)
+            raise UsageError(f"{where}: unknown model {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        if models[name].family != family:
+            raise UsageError(f"{where}: stage {name!r} must have family {family!r}, got {models[name].family!r}")
 
 
 def _check_detector(*, entry: DetectorEntry, where: str) -> None:

@@ -5,6 +5,7 @@ Both are written atomically: a temporary name in the same folder, then os.replac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -12,10 +13,14 @@ import resource
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from dmedit.editor import EditResult
+    from dmedit.pipeline import RunContext
 
 PACKAGES = (
     "dmedit", "torch", "diffusers", "transformers", "huggingface_hub", "av",
@@ -82,10 +87,15 @@ def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]], width: in
         for i, name in enumerate(terms)
     ]
     image = np.concatenate(panels, axis=0) if panels else np.full((height, width, 3), 255, np.uint8)
+    write_png(path=path, image=image, what="the loss plot")
+
+
+def write_png(*, path: Path, image: np.ndarray, what: str) -> None:
+    """(H,W,3) uint8 BGR -> PNG at `path`, through a temporary name (never a half-written file)."""
     temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
     try:
         if not cv2.imwrite(str(temporary), image):
-            raise OSError(f"{path}: cannot write the loss plot")
+            raise OSError(f"{path}: cannot write {what}")
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -107,3 +117,27 @@ def _plot_panel(*, name: str, values: np.ndarray, colour: tuple[int, int, int], 
     cv2.putText(panel, f"{high:.3g}", (4, top + 10), font, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
     cv2.putText(panel, f"{low:.3g}", (4, bottom), font, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
     return panel
+
+
+def run_report(*, run: "RunContext", result: "EditResult", timings: Mapping[str, float], written: Any) -> dict[str, Any]:
+    """The run report (OUT.json) of a finished run: its inputs, settings, choices, timings and losses."""
+    plan = run.plan
+    options = plan.request.to_dict()
+    options["output"]["path"] = str(plan.output)
+    entry = plan.entry
+    return {
+        "input": plan.info.to_dict(), "span": plan.span.to_dict(), "fit": run.mask.mapping.to_dict(),
+        "options": options, "edit": dataclasses.asdict(plan.config), "seed": plan.config.seed,
+        "resolved": {"device": str(plan.device), "dtype": str(plan.dtype).removeprefix("torch."),
+                     "frames": len(plan.span.indices), "model": entry.name, "mask": run.mask.origin,
+                     "detector": (plan.request.mask.detector or entry.detector) if run.mask.detection else None},
+        "threads": thread_settings(), "speed": run.speed or None,
+        "mask": run.mask.to_dict(), "notes": list(run.notes),
+        "windows": result.windows.to_dict() if result.windows.windowed else None, "seams": run.seams or None,
+        "written": written.to_dict() | {"path": str(plan.output)},
+        "model": {"name": entry.name, "family": entry.family, "repo": entry.repo, "revision": entry.revision,
+                  "path": entry.path, "width": entry.width, "height": entry.height, "source_file": entry.source_file},
+        "versions": package_versions(), "peak_memory": peak_memory(),
+        "timings_s": {name: round(value, 3) for name, value in timings.items()}, "stages": run.stages or None,
+        "steps_done": result.steps_done, "loss_history": result.history,
+    }

@@ -19,6 +19,8 @@ from dmedit.errors import UsageError
 FitMode = Literal["crop", "pad", "stretch"]
 OutSize = Literal["source", "model"]
 Granularity = Literal["block", "layer"]
+StopAfter = Literal["keyframes", "interpolation", "sr1", "sr2"]
+STOP_AFTER = ("keyframes", "interpolation", "sr1", "sr2")
 DEFAULT_MODEL = "zeroscope"
 MAX_FEATHER_PX = 1000.0
 MAX_DILATE_PX = 100_000.0
@@ -104,8 +106,10 @@ class ModelSettings:
 
     name: registry entry; registry: a models.toml merged over the built-in one; device: auto, cpu,
     cuda, cuda:N or mps; dtype: auto, fp32, fp16 or bf16; offload: keep the text encoder and VAE
-    on the CPU while the U-Net works; vae_chunk: frames per VAE call; checkpointing: None, "block"
-    or "layer" activation checkpointing of the U-Net's grad call.
+    on the CPU while the U-Net works; vae_chunk: frames per VAE call; checkpointing: "auto" (chosen
+    from the free memory, speed.choose_checkpointing), None, "block" or "layer" activation
+    checkpointing of the U-Net's grad call; compile: torch.compile the U-Net (None: on for CUDA
+    only) in compile_mode (compilation.MODES).
     """
 
     name: str = DEFAULT_MODEL
@@ -114,19 +118,24 @@ class ModelSettings:
     dtype: str = "auto"
     offload: bool = False
     vae_chunk: int = 8
-    checkpointing: Granularity | None = None
+    checkpointing: Granularity | Literal["auto"] | None = "auto"
+    compile: bool | None = None
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         require_finite(name="--vae-chunk", value=self.vae_chunk, low=1, high=MAX_VAE_CHUNK)
         _require_choice(name="--dtype", value=self.dtype, choices=("auto", "fp32", "fp16", "bf16"))
-        _require_choice(name="--checkpointing", value=self.checkpointing, choices=(None, "block", "layer"))
+        _require_choice(name="--checkpointing", value=self.checkpointing, choices=("auto", None, "block", "layer"))
+        _require_choice(name="--compile-mode", value=self.compile_mode,
+                        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"))
 
 
 @dataclass(frozen=True)
 class OutputSettings:
     """What is written: path (None = IN.dmedit.mp4 beside the input), H.264 crf, the source's audio,
     size (source or model resolution), companions (compare video, loss plot), compositing, and
-    what to do when the output exists."""
+    what to do when the output exists; eval: score the edit into the report (`eval` key, OUT.eval.png),
+    with the model-based metrics' models `eval_scorers` (evaluation.parse_scorers; None = the registry's)."""
 
     path: Path | None = None
     crf: int = 18
@@ -137,12 +146,18 @@ class OutputSettings:
     composite: bool = True
     overwrite: bool = False
     skip_existing: bool = False
+    eval: bool = False
+    eval_scorers: str | None = None
 
     def __post_init__(self) -> None:
         require_finite(name="--crf", value=self.crf, low=0, high=51)
         _require_choice(name="--out-size", value=self.size, choices=("source", "model"))
         if self.overwrite and self.skip_existing:
             raise UsageError("--overwrite and --skip-existing contradict each other; pass one of them")
+        if self.eval_scorers is not None:
+            from dmedit.evaluation import parse_scorers
+
+            parse_scorers(text=self.eval_scorers, flag="--eval-scorers")
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,35 @@ class EditOverrides:
 
 
 @dataclass(frozen=True)
+class CascadeSettings:
+    """A cascaded model's settings (show1): keyframe_size "HxW" (None = the entry's size, 80x128 for
+    show1); stop_after: write the frames of this stage, running none after it (None = every stage)."""
+
+    keyframe_size: str | None = None
+    stop_after: StopAfter | None = None
+
+    def __post_init__(self) -> None:
+        _require_choice(name="--stop-after", value=self.stop_after, choices=(None, *STOP_AFTER))
+        if self.keyframe_size is not None:
+            parts = self.keyframe_size.strip().lower().split("x")
+            if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 and int(part) % 8 == 0 for part in parts):
+                raise UsageError(f"--keyframe-size must be HEIGHTxWIDTH in multiples of 8, e.g. 40x64, "
+                                 f"got {self.keyframe_size!r}")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(height, width) of the keyframes, or None for the entry's."""
+        if self.keyframe_size is None:
+            return None
+        height, width = self.keyframe_size.strip().lower().split("x")
+        return int(height), int(width)
+
+    @property
+    def given(self) -> bool:
+        return self.keyframe_size is not None or self.stop_after is not None
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """Everything `dmedit run` was asked: the input, the two prompts and the grouped settings."""
 
@@ -183,6 +227,7 @@ class RunRequest:
     model: ModelSettings = field(default_factory=ModelSettings)
     edit: EditOverrides = field(default_factory=EditOverrides)
     output: OutputSettings = field(default_factory=OutputSettings)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
     resume: bool = False
 
     def __post_init__(self) -> None:

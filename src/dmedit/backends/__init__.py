@@ -4,7 +4,9 @@
 A video family module exposes `load_<family>(*, folder, device, dtype, vae_dtype, variant,
 vae_chunk, offload)`; FAMILIES maps a registry entry's `family` to it. A detector family exposes
 a class with `load(*, path, device)`; DETECTOR_FAMILIES maps a detector entry's `family` to it.
-Both are imported lazily: `--version` and `probe` never import torch.
+A cascade stage family (STAGE_FAMILIES, run by cascade.py after a cascade's keyframes) is a class
+with `load(*, entry, folder, device, dtype)` and `run(*, frames, prompt, seed)` -> frames.
+All are imported lazily: `--version` and `probe` never import torch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ if TYPE_CHECKING:
     from dmedit.config import DetectorEntry, ModelEntry
     from dmedit.masks import BoxDetector
 
-FAMILIES = {"text_to_video": "dmedit.backends.text_to_video:load_text_to_video"}
+FAMILIES = {"text_to_video": "dmedit.backends.text_to_video:load_text_to_video",
+            "show1": "dmedit.backends.show1:load_show1"}
+STAGE_FAMILIES = {"show1_interpolation": "dmedit.backends.show1_stages:Show1Interpolation",
+                  "show1_sr1": "dmedit.backends.show1_stages:Show1PixelSuperResolution",
+                  "show1_sr2": "dmedit.backends.show1_sr2:Show1LatentSuperResolution"}
+"""Stages of a cascade, run after its keyframes are edited (cascade.py); never edited themselves."""
+CASCADES = {"show1": ("show1_interpolation", "show1_sr1", "show1_sr2")}
+"""Keyframe family -> the families of the stages its `stages` entries must have, in order."""
 DETECTOR_FAMILIES = {"grounding_dino": "dmedit.backends.grounding_dino:GroundingDinoDetector"}
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
@@ -84,6 +93,12 @@ def load_backend(
     vae_dtype = torch.float32 if entry.vae_fp32 else dtype
     return loader(folder=folder, device=device, dtype=dtype, vae_dtype=vae_dtype, variant=entry.variant,
                   vae_chunk=vae_chunk, offload=offload)
+
+
+def load_stage(*, entry: "ModelEntry", folder: "Path", device: "torch.device", dtype: "torch.dtype"):
+    """Load a cascade stage entry's weights from `folder` with its family's class (STAGE_FAMILIES)."""
+    stage_class = _family_member(table=STAGE_FAMILIES, family=entry.family, name=entry.name, kind="stage")
+    return stage_class.load(entry=entry, folder=folder, device=device, dtype=dtype)
 
 
 def load_detector(*, entry: "DetectorEntry", folder: "Path", device: "torch.device") -> "BoxDetector":

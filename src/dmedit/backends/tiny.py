@@ -77,14 +77,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(code) for code in codes)))
 
 
-def _write_tokenizer(folder: Path) -> int:
+def _write_tokenizer(folder: Path, positions: int = TINY_TEXT_POSITIONS) -> int:
     folder.mkdir(parents=True)
     vocab = byte_level_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": TINY_TEXT_POSITIONS,
+        "model_max_length": positions,
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
@@ -109,30 +109,30 @@ def _model_index() -> dict:
 
 def build_tiny_video_model(*, path: Path) -> None:
     """Write the tiny model folder at `path` (which must not exist yet). Deterministic: seed 0."""
+    text_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       projection_dim=32)
+    save_text_to_video(path=path, unet_config=UNET_CONFIG, vae_config=VAE_CONFIG, text_config=text_config,
+                       positions=TINY_TEXT_POSITIONS, dtype=torch.float32)
+
+
+def save_text_to_video(*, path: Path, unet_config: dict, vae_config: dict, text_config: dict, positions: int,
+                       dtype: torch.dtype) -> None:
+    """Seeded random weights of the given architecture saved in a text-to-video hub repository's
+    layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) at `path` (which
+    must not exist yet); the tokenizer is the byte-level CLIP tokenizer of `byte_level_vocab`."""
     import transformers
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     transformers.utils.logging.disable_progress_bar()
-
     path = Path(path)
     path.mkdir(parents=True)
-    vocab_size = _write_tokenizer(path / "tokenizer")
+    vocab_size = _write_tokenizer(path / "tokenizer", positions=positions)
     torch.manual_seed(TINY_SEED)
-    UNet3DConditionModel(**UNET_CONFIG).save_pretrained(path / "unet", safe_serialization=True)
-    AutoencoderKL(**VAE_CONFIG).save_pretrained(path / "vae", safe_serialization=True)
-    text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TINY_TEXT_POSITIONS,
-        projection_dim=32,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-    CLIPTextModel(text_config).save_pretrained(path / "text_encoder", safe_serialization=True)
+    UNet3DConditionModel(**unet_config).to(dtype).save_pretrained(path / "unet", safe_serialization=True)
+    AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)
+    config = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=positions, bos_token_id=vocab_size - 2,
+                            eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **text_config)
+    CLIPTextModel(config).to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(path / "scheduler")
     (path / "model_index.json").write_text(json.dumps(_model_index(), indent=2), encoding="utf-8")

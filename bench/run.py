@@ -1,10 +1,11 @@
 """`python -m bench.run [--quick] [--label NAME] [--only TEXT] [--set cpu|gpu] [--small] [--end-to-end]`:
 measure, write JSON (rewritten after every configuration), regenerate BENCHMARKS.md.
 
-CPU set: the tiny model at its native 64x64 (8x8 latents) and at 256x256 (32x32 latents) over 4,
-8, 16 and 24 frames, ZeroScope's U-Net architecture at a small size (2 frames, 8x8 latents) with
-each speed lever, and last the tiny and small ZeroScope configurations compiled (inductor), with a
-meta-device estimate of ZeroScope's U-Net memory at 576x320 (bench.memory_model). GPU set (`make
+CPU set: the tiny model at its native 64x64 (8x8 latents) over 4, 8, 16 and 24 frames and compiled
+(inductor) at 8, ZeroScope's U-Net architecture at a small size (2 frames, 8x8 latents) eager and
+compiled, the tiny model at 256x256 (32x32 latents) over 4, 8 and 16 frames, whole clips of 32 to
+128 frames in windows, then ZeroScope's architecture with each other speed lever; a meta-device
+estimate of ZeroScope's U-Net memory at 576x320 (bench.memory_model). GPU set (`make
 bench-gpu`): ZeroScope's architecture at 576x320 in fp16 at 8, 16 and 48 frames, eager, compiled
 and graphed, and Show-1's keyframe U-Net; `--small` runs it at 64x64 on a CPU; `--end-to-end` adds
 one `dmedit run --model zeroscope-random` with its stage times (bench.end_to_end).
@@ -58,28 +59,27 @@ log = logging.getLogger("bench")
 
 
 def cpu_configs(*, quick: bool) -> list[BenchConfig]:
-    """The tiny model's scaling series at two sizes and the small ZeroScope-architecture checks."""
-    configs = []
+    """The tiny model's scaling series, each U-Net eager and compiled, the small ZeroScope-architecture
+    checks, then the 256x256 series and whole clips in windows; essential ones first, as the budget
+    skips the rest. A compiled configuration's first step compiles: minutes on a cold inductor
+    cache (the first `make bench` on a machine), seconds on a warm one."""
     native_frames = (4, 8) if quick else SCALING_FRAMES
-    large_frames = (4,) if quick else SCALING_FRAMES
-    for frames in native_frames:
-        configs.append(BenchConfig(name=f"tiny-64-f{frames}", series="tiny-64", model="tiny", width=64,
-                                   height=64, frames=frames, repeats=5 if quick else 15, warmup=2))
-    # compiled (inductor) beside its eager twin: its first step compiles, minutes on a cold inductor
-    # cache (the first `make bench` on a machine), seconds on a warm one
+    configs = [BenchConfig(name=f"tiny-64-f{frames}", series="tiny-64", model="tiny", width=64, height=64,
+                           frames=frames, repeats=5 if quick else 15, warmup=2) for frames in native_frames]
     configs.append(BenchConfig(name="tiny-64-f8-compiled", series="tiny-64-compiled", model="tiny", width=64,
                                height=64, frames=8, compile="default", repeats=5 if quick else 15, warmup=2))
-    for frames in large_frames:
-        configs.append(BenchConfig(name=f"tiny-256-f{frames}", series="tiny-256", model="tiny", width=256,
-                                   height=256, frames=frames, repeats=2 if quick else 4, warmup=0))
-    for frames in (32, 64) if quick else WINDOWED_FRAMES:
-        configs.append(BenchConfig(name=f"tiny-64-window16-f{frames}", series="tiny-64-window16", model="tiny",
-                                   width=64, height=64, frames=frames, window=16, repeats=2 if quick else 5,
-                                   warmup=1))
     small = dict(series="zeroscope-arch-small", model="zeroscope-arch", width=64, height=64, frames=2,
                  repeats=1, warmup=0)
     configs.append(BenchConfig(name="zeroscope-arch-small", wall_steps=2, **{**small, "repeats": 1 if quick else 2}))
-    configs.append(BenchConfig(name="zeroscope-arch-small-compiled", compile="default", wall_steps=2, **small))
+    configs.append(BenchConfig(name="zeroscope-arch-small-compiled", compile="default", wall_steps=2,
+                               **{**small, "series": "zeroscope-arch-small-compiled", "repeats": 1 if quick else 2}))
+    for frames in (4,) if quick else SCALING_FRAMES[:3]:
+        configs.append(BenchConfig(name=f"tiny-256-f{frames}", series="tiny-256", model="tiny", width=256,
+                                   height=256, frames=frames, repeats=2 if quick else 4, warmup=0))
+    for frames in (32, 64) if quick else WINDOWED_FRAMES[:3]:
+        configs.append(BenchConfig(name=f"tiny-64-window16-f{frames}", series="tiny-64-window16", model="tiny",
+                                   width=64, height=64, frames=frames, window=16, repeats=2 if quick else 5,
+                                   warmup=1))
     if not quick:
         configs += [
             BenchConfig(name="zeroscope-arch-small-block-checkpointed", checkpointing="block", **small),
@@ -95,22 +95,24 @@ def gpu_configs(*, quick: bool, small: bool = False) -> list[BenchConfig]:
     """ZeroScope's architecture at 576x320 in fp16 at 8, 16 and 48 frames, each eager, compiled
     (inductor) and graphed (inductor replayed as CUDA graphs), essential ones first (the budget
     skips the rest); wall time of 50 steps, extrapolated to the 200 of a run; then Show-1's keyframe
-    U-Net. small: the same list at 64x64 and 2 frames, so that it runs on a CPU (graphed ones
-    then fail with their reason)."""
+    U-Net. small: the same list at 64x64 and 2 frames in fp32, so that it runs on a CPU (graphed
+    ones are skipped there with their reason)."""
     size = dict(width=64, height=64) if small else dict(width=576, height=320)
+    dtype = "fp32" if small else "fp16"
     configs = []
-    for frames in (8,) if quick else GPU_FRAMES:
+    for frames in (2,) if small else (8,) if quick else GPU_FRAMES:
         for mode in COMPILE_MODES:
+            label = mode or "eager"
             configs.append(BenchConfig(
-                name=f"zeroscope-arch-fp16-f{frames}-{mode or 'eager'}", series=f"zeroscope-arch-fp16-{mode or 'eager'}",
-                model="zeroscope-arch", frames=2 if small else frames, dtype="fp32" if small else "fp16",
-                compile=mode, compile_backend="aot_eager" if small else "inductor",
+                name=f"zeroscope-arch-{dtype}-f{frames}-{label}", series=f"zeroscope-arch-{dtype}-{label}",
+                model="zeroscope-arch", frames=frames, dtype=dtype, compile=mode,
                 repeats=3 if quick or small else 5, warmup=1, wall_steps=0 if quick or small else 50 if frames < 48 else 20,
                 **size))
     # DreamMotion's Show-1 setup: the keyframe U-Net, 8 keyframes at the paper's 80x128 (pixel space).
-    configs.append(BenchConfig(name="show1-keyframes-arch-fp16-f8", series="show1-keyframes-arch",
+    configs.append(BenchConfig(name=f"show1-keyframes-arch-{dtype}-f{2 if small else 8}",
+                               series="show1-keyframes-arch",
                                model="show1-keyframes-arch", width=64 if small else 128, height=64 if small else 80,
-                               frames=2 if small else 8, dtype="fp32" if small else "fp16", repeats=3, warmup=1,
+                               frames=2 if small else 8, dtype=dtype, repeats=3, warmup=1,
                                wall_steps=0 if quick or small else 50))
     return configs
 
@@ -195,6 +197,9 @@ def run_configs(
                               error=f"out of memory: {str(error).splitlines()[0]}")
             except ModelError as error:
                 record = dict(name=config.name, series=config.series, frames=config.frames, error=str(error))
+            except RuntimeError as error:  # e.g. a compiler failure: recorded, and the next configuration runs
+                record = dict(name=config.name, series=config.series, frames=config.frames,
+                              error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
             if live is not None:
                 live.close()
             live = None
@@ -223,7 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", choices=("auto", "cpu", "gpu"), default="auto",
                         help="the configuration set (auto: gpu on CUDA, else cpu)")
     parser.add_argument("--small", action="store_true",
-                        help="the gpu set at 64x64 and 2 frames (aot_eager for compiled ones): runs on a CPU")
+                        help="the gpu set at 64x64, 2 frames, fp32: runs on a CPU (to check it)")
     parser.add_argument("--end-to-end", action="store_true",
                         help="then one `dmedit run --model zeroscope-random --frames 8 --steps 200` (bench.end_to_end)")
     parser.add_argument("--end-to-end-args", default="", help="extra arguments of that run, e.g. '--steps 2 --model tiny'")

@@ -48,7 +48,7 @@ class BenchConfig:
     of them (the whole clip in one window when None); autocast ("bf16" / "fp16") runs step and
     bare compute inside torch.autocast (with fp32 weights: dtype "fp32"). compile: None (eager),
     "default" (torch.compile) or "reduce-overhead" (replayed as CUDA graphs), with compile_backend
-    (inductor; aot_eager traces the same graphs without generating kernels, for CPU smoke runs).
+    (a torch.compile backend: inductor by default).
     """
 
     name: str

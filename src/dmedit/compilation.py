@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from dmedit.attention import recording_keys
 from dmedit.errors import UsageError
 from dmedit.speed import checkpointed_blocks
 
@@ -105,6 +104,8 @@ def installed(*, session: "EditSession") -> Iterator["EditSession"]:
     not per call), activation checkpointing and the compiled U-Net. The U-Net is then the same
     module with the same hooks on every call, which a compiler traces once; all is removed on exit.
     """
+    from dmedit.attention import recording_keys  # diffusers: imported by the run, not by choose_compile
+
     unet = session.backend.unet
     with contextlib.ExitStack() as stack:
         if session.key_modules:

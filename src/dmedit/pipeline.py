@@ -150,6 +150,7 @@ def _plan_model(*, request: RunRequest, info: "VideoInfo", output: Path, reporte
     """The registry entry, its weights (built or located), the settings and the device."""
     from dmedit.backends import resolve_device, resolve_dtype
     from dmedit.cascade import cascade_weights
+    from dmedit.compilation import choose_compile
     from dmedit.registry import load_registry
     from dmedit.windows import resolve_windows
 
@@ -165,6 +166,7 @@ def _plan_model(*, request: RunRequest, info: "VideoInfo", output: Path, reporte
         check_scorers(registry=registry, scorers=parse_scorers(text=request.output.eval_scorers))
     device = resolve_device(name=request.model.device)
     dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
+    choose_compile(requested=request.model.compile, mode=request.model.compile_mode, device=device)  # refuse early
     reporter.line(f"span: {len(span.indices)} frames from {span.indices[0]} at {span.fps} fps ({span.duration:.3f}s)")
     return RunPlan(request=request, output=output, info=info, span=span, registry=registry, entry=entry,
                    weights=weights, config=config, device=device, dtype=dtype, models=models)

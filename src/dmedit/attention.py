@@ -82,43 +82,28 @@ def capture_keys(
     *, unet: torch.nn.Module, patterns: Sequence[str], rows: slice | None = None,
     layers: Mapping[str, Attention] | None = None,
 ) -> Iterator[KeyStore]:
-    """Record `to_k` outputs of the matching spatial self-attention layers while the block runs.
+    """Record `to_k` outputs of the matching spatial self-attention layers while the block runs
+    (recording_keys around one block of calls); the store keeps them after the block.
 
     rows: keep only these rows (dim 0, i.e. branch*frame) of each output, copied so the rest of
-    the batch is freed; None keeps everything. Outputs keep their autograd graph. Every hook is
-    removed on exit, also after an exception. layers: the result of
-    `select_key_layers(unet=unet, patterns=patterns)` when the caller already has it (saves the
-    walk over the U-Net's modules on every call); None or empty selects them here.
+    the batch is freed; None keeps everything. Outputs keep their autograd graph. layers: the
+    result of `select_key_layers(unet=unet, patterns=patterns)` when the caller already has it
+    (saves the walk over the U-Net's modules on every call); None or empty selects them here.
     """
     modules = dict(layers) if layers else select_key_layers(unet=unet, patterns=patterns)
-    store = KeyStore(layer_names=tuple(modules))
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            kept = output if rows is None else output[rows].clone()
-            store.calls.setdefault(name, []).append(kept)
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.to_k.register_forward_hook(make_hook(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+    with recording_keys(layers=modules, rows=rows) as recorder:
+        yield recorder.store
 
 
 @dataclass
 class KeyRecorder:
-    """Forward hooks on the `to_k` of every selected layer, registered once for a whole run.
+    """The keys that forward hooks on the `to_k` of every selected layer record, call after call.
 
     Every U-Net call appends each layer's keys (B*F, HW, C), attached to the call's autograd graph;
     `take` hands over the keys of the calls since the last `clear`.
     """
 
     store: KeyStore
-    hooks: tuple[torch.utils.hooks.RemovableHandle, ...]
 
     def clear(self) -> None:
         self.store.clear()
@@ -132,22 +117,22 @@ class KeyRecorder:
 
 
 @contextlib.contextmanager
-def recording_keys(*, layers: Mapping[str, Attention]) -> Iterator[KeyRecorder]:
-    """Hook the layers `select_key_layers` chose for the duration of the block; every hook is
-    removed on exit, also after an exception."""
+def recording_keys(*, layers: Mapping[str, Attention], rows: slice | None = None) -> Iterator[KeyRecorder]:
+    """Hook the layers `select_key_layers` chose for the duration of the block (a whole run, or
+    one block of calls); every hook is removed on exit, also after an exception. rows: keep only
+    these rows of each output, copied in the hook so the rest of the batch is freed at once."""
     store = KeyStore(layer_names=tuple(layers))
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def make_hook(name: str):
         def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            store.calls.setdefault(name, []).append(output)
+            store.calls.setdefault(name, []).append(output if rows is None else output[rows].clone())
         return hook
 
     try:
         for name, module in layers.items():
             handles.append(module.to_k.register_forward_hook(make_hook(name)))
-        yield KeyRecorder(store=store, hooks=tuple(handles))
+        yield KeyRecorder(store=store)
     finally:
         for handle in handles:
             handle.remove()
-        store.clear()

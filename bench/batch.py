@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import report
 from bench.threads import CLIP, RESULTS_DIR, ROOT, base_environment, report_cpu_name
-from dmedit.threads import available_cpus
+from dmedit.core.threads import available_cpus
 
 SMOKE = ("--src", "a man", "--tgt", "a robot", "--model", "tiny")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 def moving_shapes_clip(*, path: Path, width: int = 576, height: int = 320, frames: int = 24) -> Path:
     """A clip of a bright square crossing a gradient, 24 fps, H.264 (dmedit's own writer)."""
-    from dmedit.video import write_video
+    from dmedit.media.video import write_video
 
     ramp = np.linspace(40, 200, width, dtype=np.float32)[None, :, None]
     video = np.empty((frames, height, width, 3), dtype=np.uint8)

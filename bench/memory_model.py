@@ -19,7 +19,7 @@ import torch
 
 from bench.measure import TensorMemoryTracker
 from bench.setups import DTYPES, LATENT_CHANNELS, ZEROSCOPE_TEXT_SHAPE, zeroscope_unet
-from dmedit.speed import checkpointed_blocks
+from dmedit.engine.speed import checkpointed_blocks
 
 GIB = 1024 ** 3
 

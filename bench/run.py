@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dmedit.threads import available_cpus, configure_threads
+from dmedit.core.threads import available_cpus, configure_threads
 
 configure_threads()  # before torch loads its OpenMP runtime: the benchmark measures dmedit's own defaults
 import torch  # noqa: E402
@@ -36,9 +36,9 @@ from diffusers.utils import logging as diffusers_logging
 from bench import memory_model, report
 from bench.measure import load_average, measure
 from bench.setups import BackendCache, BenchConfig, prepare_live
-from dmedit.compilation import use_cache_folder
-from dmedit.errors import ModelError, OutOfMemoryError
-from dmedit.hub import cache_dir
+from dmedit.engine.compilation import use_cache_folder
+from dmedit.core.errors import ModelError, OutOfMemoryError
+from dmedit.models.hub import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"

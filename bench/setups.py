@@ -1,7 +1,7 @@
 """Benchmark configurations turned into live edit sessions.
 
 Three models: the `tiny` registry model, built offline and loaded through the real loading path
-(dmedit.backends.text_to_video), a U-Net with ZeroScope's exact architecture and random
+(dmedit.models.backends.text_to_video), a U-Net with ZeroScope's exact architecture and random
 weights behind `RandomLatentBackend`, which replaces the VAE and text encoder by seeded random
 source latents and text embeddings of the right shapes (speed does not depend on their values),
 and Show-1's keyframe U-Net (show1_unet.BASE_CONFIG, random weights; pixel space, so masks and
@@ -18,15 +18,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from dmedit import editor
-from dmedit.backends.show1 import Show1Backend
-from dmedit.backends.text_to_video import TextToVideoBackend, load_text_to_video
-from dmedit.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
-from dmedit.backends.zeroscope_random import ZEROSCOPE_UNET_CONFIG
-from dmedit.compilation import CompileChoice, installed
-from dmedit.config import EditConfig
-from dmedit.registry import load_registry
-from dmedit.settings import ModelSettings
+from dmedit.engine import editor
+from dmedit.models.backends.show1 import Show1Backend
+from dmedit.models.backends.text_to_video import TextToVideoBackend, load_text_to_video
+from dmedit.models.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
+from dmedit.models.backends.zeroscope_random import ZEROSCOPE_UNET_CONFIG
+from dmedit.engine.compilation import CompileChoice, installed
+from dmedit.core.config import EditConfig
+from dmedit.models.registry import load_registry
+from dmedit.runs.settings import ModelSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ZEROSCOPE_TEXT_SHAPE = (77, 1024)
@@ -43,7 +43,7 @@ class BenchConfig:
     model: "tiny" or "zeroscope-arch"; width/height: frame size in pixels (latents are 1/8);
     repeats: timed (step, bare) pairs after the untimed memory and FLOP calls and `warmup` more
     untimed pairs; wall_steps > 0 also times that many consecutive steps from a fresh state.
-    checkpointing ("block" / "layer") selects the engine's memory lever (dmedit.speed);
+    checkpointing ("block" / "layer") selects the engine's memory lever (dmedit.engine.speed);
     key_layers None means the registry's; window: temporal windows of that many frames sharing half
     of them (the whole clip in one window when None); autocast ("bf16" / "fp16") runs step and
     bare compute inside torch.autocast (with fp32 weights: dtype "fp32"). compile: None (eager),
@@ -126,7 +126,7 @@ class RandomTextPixelBackend:
 
 def show1_keyframe_unet(*, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Show-1's keyframe U-Net (show-1-base's config), seeded random weights, frozen, eval."""
-    from dmedit.backends.show1_unet import BASE_CONFIG, Show1UNet3DConditionModel
+    from dmedit.models.backends.show1_unet import BASE_CONFIG, Show1UNet3DConditionModel
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -182,7 +182,7 @@ class BackendCache:
         if model == "show1-keyframes-arch":
             from diffusers import DPMSolverMultistepScheduler
 
-            from dmedit.backends.show1_tiny import BASE_SCHEDULER_CONFIG
+            from dmedit.models.backends.show1_tiny import BASE_SCHEDULER_CONFIG
 
             alphas = DPMSolverMultistepScheduler(**BASE_SCHEDULER_CONFIG).alphas_cumprod
             return RandomTextPixelBackend(unet=show1_keyframe_unet(device=self.device, dtype=DTYPES[dtype]),

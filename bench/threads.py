@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench import report
-from dmedit.threads import available_cpus, configure_threads
+from dmedit.core.threads import available_cpus, configure_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"

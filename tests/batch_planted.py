@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
-from dmedit.jobs import JobSpec
-from dmedit.model_cache import ModelCache
-from dmedit.workers import JobOutcome, run_job
+from dmedit.batch.jobs import JobSpec
+from dmedit.models.model_cache import ModelCache
+from dmedit.batch.workers import JobOutcome, run_job
 
 KILLED = 137
 

@@ -44,8 +44,8 @@ def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(hermetic_environment: Path) -> Path:
     """The registry's `tiny` entry, built (once per session) where the CLI will find it too."""
-    from dmedit.hub import resolve_weights
-    from dmedit.registry import load_registry
+    from dmedit.models.hub import resolve_weights
+    from dmedit.models.registry import load_registry
 
     return resolve_weights(entry=load_registry().model("tiny"))
 
@@ -53,8 +53,8 @@ def tiny_model_dir(hermetic_environment: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model_dir: Path):
     """The tiny text-to-video model on the CPU in fp32 (64x64 frames -> 8x8 latents)."""
-    from dmedit.backends.text_to_video import load_text_to_video
-    from dmedit.settings import ModelSettings
+    from dmedit.models.backends.text_to_video import load_text_to_video
+    from dmedit.runs.settings import ModelSettings
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return load_text_to_video(folder=tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from dmedit.attention import capture_keys, select_key_layers
-from dmedit.errors import UsageError
+from dmedit.engine.keys import capture_keys, select_key_layers
+from dmedit.core.errors import UsageError
 
 UP_SPATIAL = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 FRAMES, LATENT = 3, 8

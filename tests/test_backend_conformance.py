@@ -1,4 +1,4 @@
-"""Every video backend keeps the protocol of dmedit.backends.base.VideoBackend, and the engine runs
+"""Every video backend keeps the protocol of dmedit.models.backends.base.VideoBackend, and the engine runs
 a step on it: the tiny model through the real loading path, and the benchmark's random-latent
 backend (ZeroScope's U-Net class without VAE or text encoder). A new family joins BACKENDS."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.setups import RandomLatentBackend, _alphas_cumprod
-from dmedit import editor
-from dmedit.backends.tiny import UNET_CONFIG
-from dmedit.config import EditConfig
+from dmedit.engine import editor
+from dmedit.models.backends.tiny import UNET_CONFIG
+from dmedit.core.config import EditConfig
 
 FRAMES, SIZE = 3, 64
 KEY_LAYERS = ("up_blocks.*.attentions.*.transformer_blocks.*.attn1",)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmedit.backends import load_backend, resolve_device, resolve_dtype
-from dmedit.backends.text_to_video import load_text_to_video
-from dmedit.backends.tiny import build_tiny_video_model
-from dmedit.config import DtypeByDevice, ModelEntry
-from dmedit.errors import ModelError, UsageError
+from dmedit.models.backends import load_backend, resolve_device, resolve_dtype
+from dmedit.models.backends.text_to_video import load_text_to_video
+from dmedit.models.backends.tiny import build_tiny_video_model
+from dmedit.core.config import DtypeByDevice, ModelEntry
+from dmedit.core.errors import ModelError, UsageError
 
 TINY_KEYS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 CPU = torch.device("cpu")

@@ -156,7 +156,7 @@ def test_a_killed_batch_goes_on_where_it_stopped(tmp_path: Path, shots: Path) ->
 
 
 def test_help_lists_the_batch_and_run_options_without_importing_torch_or_ray() -> None:
-    code = ("import sys\nfrom dmedit.cli import app\ntry:\n    app(['batch', '-h'], prog_name='dmedit')\n"
+    code = ("import sys\nfrom dmedit.cli.app import app\ntry:\n    app(['batch', '-h'], prog_name='dmedit')\n"
             "except SystemExit:\n    pass\nprint(sorted(name for name in ('torch', 'ray') if name in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
                            "COLUMNS": "200"}, check=True)

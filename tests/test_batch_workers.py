@@ -14,11 +14,11 @@ import typer
 from rich.console import Console
 
 from clips import make_clip
-from dmedit import cli
-from dmedit.batch import BatchSettings, BatchSummary, run_batch
-from dmedit.console import Reporter
-from dmedit.errors import BatchFailed
-from dmedit.jobs import RunOptions, load_jobs
+from dmedit.cli.app import app as cli
+from dmedit.batch.queue import BatchSettings, BatchSummary, run_batch
+from dmedit.core.console import Reporter
+from dmedit.core.errors import BatchFailed
+from dmedit.batch.jobs import RunOptions, load_jobs
 
 TESTS = Path(__file__).resolve().parent
 TINY = {"model": "tiny", "frames": "4", "steps": 1}

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clips import make_clip
-from dmedit.cli import app
+from dmedit.cli.app import app
 from test_cli_errors import dmedit
 
 runner = CliRunner()
@@ -37,7 +37,7 @@ def streams(path: Path) -> dict:
 
 
 def test_version_is_fast_and_does_not_import_torch() -> None:
-    code = "import sys; from dmedit.cli import app; print('torch' in sys.modules)"
+    code = "import sys; from dmedit.cli.app import app; print('torch' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "False"
     result = dmedit("--version")

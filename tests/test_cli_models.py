@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dmedit.cli import app
-from dmedit.console import Reporter
+from dmedit.cli.app import app
+from dmedit.core.console import Reporter
 from test_cli_errors import dmedit
 
 runner = CliRunner()
@@ -51,12 +51,12 @@ def test_a_registry_entry_with_path_runs_end_to_end(tmp_path: Path, tiny_model_d
 
 
 def test_out_of_memory_exits_5_without_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ntsc_clip: Path) -> None:
-    import dmedit.editor
+    import dmedit.engine.editor
 
     def exhausted(**kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(dmedit.editor, "_step", exhausted)
+    monkeypatch.setattr(dmedit.engine.editor, "_step", exhausted)
     output = tmp_path / "oom.mp4"
     result = runner.invoke(app, ["run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask",
                                  "full", "--frames", "4", "-o", str(output)])
@@ -85,12 +85,12 @@ def test_quiet_prints_nothing_but_errors() -> None:
 
 
 def test_a_failed_write_leaves_no_half_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ntsc_clip: Path) -> None:
-    import dmedit.report
+    import dmedit.runs.report
 
     def disk_full(**kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dmedit.report, "write_json", disk_full)
+    monkeypatch.setattr(dmedit.runs.report, "write_json", disk_full)
     output = tmp_path / "full.mp4"
     result = runner.invoke(app, ["run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask",
                                  "full", "--frames", "4", "--steps", "1", "--compare", "--plot", "-o", str(output)])

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmedit import editor
-from dmedit.compilation import CompileChoice, choose_compile, compile_counters, installed
-from dmedit.config import EditConfig
-from dmedit.errors import ModelError, UsageError
-from dmedit.speed import choose_checkpointing, step_memory_estimate
+from dmedit.engine import editor
+from dmedit.engine.compilation import CompileChoice, choose_compile, compile_counters, installed
+from dmedit.core.config import EditConfig
+from dmedit.core.errors import ModelError, UsageError
+from dmedit.engine.speed import choose_checkpointing, step_memory_estimate
 from test_cli_errors import assert_clean_failure, dmedit
 
 KEYS = ("up_blocks.*.attentions.*.transformer_blocks.*.attn1",)
@@ -181,7 +181,7 @@ def test_the_report_accounts_for_every_second_of_the_run(tmp_path: Path, ntsc_cl
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graph_replay_equals_eager_within_fp16_rounding(tiny_model_dir: Path) -> None:
-    from dmedit.backends.text_to_video import load_text_to_video
+    from dmedit.models.backends.text_to_video import load_text_to_video
 
     device = torch.device("cuda")
     backend = load_text_to_video(folder=tiny_model_dir, device=device, dtype=torch.float16,
@@ -200,9 +200,9 @@ def test_zeroscope_random_is_zeroscopes_architecture_in_the_hub_layout(tmp_path:
     from diffusers import UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dmedit.attention import select_key_layers
-    from dmedit.backends import zeroscope_random
-    from dmedit.registry import load_registry
+    from dmedit.engine.keys import select_key_layers
+    from dmedit.models.backends import zeroscope_random
+    from dmedit.models.registry import load_registry
 
     entry = load_registry().model("zeroscope-random")
     assert entry.builder == "zeroscope-random" and (entry.width, entry.height) == (576, 320)

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from clips import shapes_frame
-from dmedit.backends.grounding_dino import (
+from dmedit.models.backends.grounding_dino import (
     TINY_SIZE,
     GroundingDinoDetector,
     _frame_detections,
     build_tiny_detector,
     normalise_prompt,
 )
-from dmedit.errors import InputError, ModelError, UsageError
-from dmedit.masks import detect_masks
+from dmedit.core.errors import InputError, ModelError, UsageError
+from dmedit.masks.regions import detect_masks
 
 SOURCE_WIDTH, SOURCE_HEIGHT = 301, 203
 PROMPT = "A red Parrot. dog"

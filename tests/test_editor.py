@@ -9,11 +9,11 @@ import signal
 import pytest
 import torch
 
-from dmedit import editor
-from dmedit.config import EditConfig
-from dmedit.errors import InterruptedRun, ModelError, UsageError
-from dmedit.attention import capture_keys
-from dmedit.losses import cfg_noise, spatial_ssm_loss, temporal_ssm_loss
+from dmedit.engine import editor
+from dmedit.core.config import EditConfig
+from dmedit.core.errors import InterruptedRun, ModelError, UsageError
+from dmedit.engine.keys import capture_keys
+from dmedit.engine.losses import cfg_noise, spatial_ssm_loss, temporal_ssm_loss
 
 KEY_LAYERS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 SRC, TGT = "a grey car on a road", "a red car on a road"
@@ -331,7 +331,7 @@ def test_resume_refuses_a_checkpoint_past_the_requested_steps(tiny_backend, fram
 
 
 def test_the_registry_defaults_move_the_masked_latents(tiny_backend, frames, half_mask):
-    from dmedit.registry import load_registry
+    from dmedit.models.registry import load_registry
 
     defaults = dict(load_registry().model("tiny").defaults)
     result = _edit(tiny_backend, frames, half_mask, **defaults)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from dmedit.errors import UsageError
-from dmedit.fit import (
+from dmedit.core.errors import UsageError
+from dmedit.media.fit import (
     composite, frames_to_tensor, from_model_frames, masks_to_model, side_by_side, tensor_to_frames, to_model_frames,
 )
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from dmedit import hub
-from dmedit.config import DetectorEntry, ModelEntry
-from dmedit.errors import ModelError, UsageError
-from dmedit.registry import load_registry
+from dmedit.models import hub
+from dmedit.core.config import DetectorEntry, ModelEntry
+from dmedit.core.errors import ModelError, UsageError
+from dmedit.models.registry import load_registry
 
 ZEROSCOPE_REVISION = "1f35e3dc3350d649f342bb7618fe34ac8fae5c9e"
 PROXY_VARIABLES = (

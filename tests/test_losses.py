@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dmedit import losses
-from dmedit.losses import (
+from dmedit.engine import losses
+from dmedit.engine.losses import (
     cfg_noise,
     dds_grad,
     dds_surrogate,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from clips import shapes_frame
 
-from dmedit.errors import InputError
-from dmedit.mask_files import load_user_masks, save_mask_pngs
-from dmedit.masks import boxes_to_masks, draw_preview
+from dmedit.core.errors import InputError
+from dmedit.masks.files import load_user_masks, save_mask_pngs
+from dmedit.masks.regions import boxes_to_masks, draw_preview
 
 
 def write_video(path: Path, frames: np.ndarray, *, crf: int = 18) -> Path:

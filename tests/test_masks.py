@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmedit.backends.grounding_dino import Detection, DetectionRun
-from dmedit.errors import InputError
-from dmedit.fit import FitMapping, to_model_frames
-from dmedit.masks import (
+from dmedit.models.backends.grounding_dino import Detection, DetectionRun
+from dmedit.core.errors import InputError
+from dmedit.media.fit import FitMapping, to_model_frames
+from dmedit.masks.regions import (
     EditMask,
     MaskResult,
     boxes_to_masks,

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dmedit.flow_metrics import flow_endpoint_error, flow_metrics, warp_error
-from dmedit.metric_report import PANEL_HEIGHT, format_table, markdown_table, plot_curves
-from dmedit.metrics import PSNR_CAP_DB, motion_fidelity, psnr_outside_mask, ssim_outside_mask
+from dmedit.evaluation.flow_metrics import flow_endpoint_error, flow_metrics, warp_error
+from dmedit.evaluation.metric_report import PANEL_HEIGHT, format_table, markdown_table, plot_curves
+from dmedit.evaluation.metrics import PSNR_CAP_DB, motion_fidelity, psnr_outside_mask, ssim_outside_mask
 
 FRAMES, HEIGHT, WIDTH = 10, 64, 96
 SQUARE, DISC = 20, 18

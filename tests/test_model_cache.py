@@ -7,10 +7,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dmedit.console import Reporter
-from dmedit.model_cache import ModelCache
-from dmedit.pipeline import run_edit
-from dmedit.settings import EditOverrides, ModelSettings, OutputSettings, RunRequest, SpanSettings
+from dmedit.core.console import Reporter
+from dmedit.models.model_cache import ModelCache
+from dmedit.runs.pipeline import run_edit
+from dmedit.runs.settings import EditOverrides, ModelSettings, OutputSettings, RunRequest, SpanSettings
 
 
 def request(video: Path, output: Path, *, tgt: str) -> RunRequest:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from clips import shapes_frame
-from dmedit.errors import EXIT_MODEL, InputError, ModelError, UsageError
-from dmedit.model_metrics import (
+from dmedit.core.errors import EXIT_MODEL, InputError, ModelError, UsageError
+from dmedit.evaluation.model_metrics import (
     DEFAULT_SCORERS,
     TINY_SCORERS,
     check_scorer_weights,
@@ -21,10 +21,10 @@ from dmedit.model_metrics import (
     motion_fidelity_from_tracks,
     score_with_models,
 )
-from dmedit.registry import load_registry
-from dmedit.scorers.lpips import ALEXNET_CHANNELS, LpipsScorer
-from dmedit.scorers.lpips_weights import convert
-from dmedit.scorers.tracker import _moved, _refine, tiny_config
+from dmedit.models.registry import load_registry
+from dmedit.models.scorers.lpips import ALEXNET_CHANNELS, LpipsScorer
+from dmedit.models.scorers.lpips_weights import convert
+from dmedit.models.scorers.tracker import _moved, _refine, tiny_config
 from test_cli_errors import dmedit
 
 CPU = torch.device("cpu")
@@ -119,7 +119,7 @@ def test_missing_lpips_folder_says_how_to_write_it(monkeypatch: pytest.MonkeyPat
         score_with_models(source=clip, edited=clip, target_text=None, registry=load_registry(
             registry_file=registry_file), device=CPU, metrics=["frame_lpips"])
     message = str(caught.value)
-    assert "\n" not in message and "nothing-here" in message and "python -m dmedit.scorers.lpips_weights" in message
+    assert "\n" not in message and "nothing-here" in message and "python -m dmedit.models.scorers.lpips_weights" in message
 
 
 def test_models_cli_lists_scorers_and_pull_fails_offline_with_exit_4() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from dmedit.config import EditConfig
-from dmedit.errors import UsageError
-from dmedit.registry import builtin_registry_path, load_registry, parse_registry_text
+from dmedit.core.config import EditConfig
+from dmedit.core.errors import UsageError
+from dmedit.models.registry import builtin_registry_path, load_registry, parse_registry_text
 
 # Module names of ZeroScope's U-Net (diffusers' default UNet3DConditionModel) around its attention.
 SPATIAL_UP_ATTN1 = [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1" for b in (1, 2, 3) for a in (0, 1, 2)]

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from clips import make_clip
-from dmedit.cli import app
-from dmedit.errors import UsageError
-from dmedit.video import probe
+from dmedit.cli.app import app
+from dmedit.core.errors import UsageError
+from dmedit.media.video import probe
 from test_cli_errors import dmedit
 
 PROMPTS = ("--src", "a man", "--tgt", "a robot")
@@ -107,7 +107,7 @@ def test_stage_entries_and_cascade_options_are_usage_errors(tmp_path: Path, clip
     ('["show1-tiny-interpolation", "show1-tiny-sr1", "show1-tiny-sr3"]', "show1-tiny-sr2"),
 ])
 def test_the_registry_checks_a_cascades_stages(tmp_path: Path, stages: str, mentions: str) -> None:
-    from dmedit.registry import load_registry
+    from dmedit.models.registry import load_registry
 
     registry = tmp_path / "mine.toml"
     registry.write_text(f'[models.mine]\nbase = "show1-tiny"\nstages = {stages}\n')
@@ -118,9 +118,9 @@ def test_the_registry_checks_a_cascades_stages(tmp_path: Path, stages: str, ment
 def test_the_keyframe_backend_encodes_with_t5_once_and_predicts_the_first_3_channels(hermetic_environment) -> None:
     from diffusers import DDPMScheduler
 
-    from dmedit.backends.show1 import load_show1
-    from dmedit.hub import resolve_weights
-    from dmedit.registry import load_registry
+    from dmedit.models.backends.show1 import load_show1
+    from dmedit.models.hub import resolve_weights
+    from dmedit.models.registry import load_registry
 
     folder = resolve_weights(entry=load_registry().model("show1-tiny"))
     backend = load_show1(folder=folder, device=torch.device("cpu"), dtype=torch.float32,

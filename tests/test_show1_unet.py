@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from dmedit.attention import capture_keys, select_key_layers
-from dmedit.backends.show1_unet import (
+from dmedit.engine.keys import capture_keys, select_key_layers
+from dmedit.models.backends.show1_unet import (
     BASE_CONFIG,
     KEY_LAYER_PATTERN,
     SR1_CONFIG,
@@ -22,7 +22,7 @@ from dmedit.backends.show1_unet import (
     load_strict,
     split_learned_variance,
 )
-from dmedit.errors import ModelError
+from dmedit.core.errors import ModelError
 
 BATCH, FRAMES, SIZE = 2, 4, 16
 TINY_CONFIGS = {"base": TINY_BASE_CONFIG, "interpolation": TINY_INTERPOLATION_CONFIG, "sr1": TINY_SR1_CONFIG}

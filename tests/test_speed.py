@@ -7,12 +7,12 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from dmedit import editor
-from dmedit.attention import capture_keys
-from dmedit.backends.tiny import UNET_CONFIG
-from dmedit.config import EditConfig
-from dmedit.losses import spatial_self_similarity, spatial_ssm_loss, temporal_ssm_loss
-from dmedit.speed import checkpoint_units, checkpointed_blocks
+from dmedit.engine import editor
+from dmedit.engine.keys import capture_keys
+from dmedit.models.backends.tiny import UNET_CONFIG
+from dmedit.core.config import EditConfig
+from dmedit.engine.losses import spatial_self_similarity, spatial_ssm_loss, temporal_ssm_loss
+from dmedit.engine.speed import checkpoint_units, checkpointed_blocks
 
 KEYS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 FRAMES, LATENT = 3, 8

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dmedit import threads
-from dmedit.threads import SPIN_COUNT, configure_threads
+from dmedit.core import threads
+from dmedit.core.threads import SPIN_COUNT, configure_threads
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -66,8 +66,8 @@ def test_configures_the_process_environment_without_importing_torch() -> None:
     """The CLI calls it before anything loads torch (and its OpenMP runtime, which reads these once)."""
     script = (
         "import json, os, sys\n"
-        "import dmedit.threads\n"
-        "chosen = dmedit.threads.configure_threads()\n"
+        "import dmedit.core.threads\n"
+        "chosen = dmedit.core.threads.configure_threads()\n"
         f"names = {THREAD_VARIABLES!r}\n"
         "sys.stdout.write(json.dumps({'torch': 'torch' in sys.modules, 'chosen': chosen,\n"
         "                             'environ': {name: os.environ.get(name) for name in names}}))\n"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from clips import make_clip
-from dmedit.errors import InputError, UsageError
-from dmedit.video import check_output_path, probe, select_span, write_video
+from dmedit.core.errors import InputError, UsageError
+from dmedit.media.video import check_output_path, probe, select_span, write_video
 
 NTSC = Fraction(30000, 1001)
 

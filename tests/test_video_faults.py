@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from clips import make_clip, shapes_frame
-from dmedit import video
-from dmedit.errors import InputError
+from dmedit.media import video
+from dmedit.core.errors import InputError
 
 
 def read_all(info) -> np.ndarray:

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-import dmedit.encode
-import dmedit.video
+import dmedit.media.encode
+import dmedit.media.video
 from clips import make_clip
-from dmedit.video import probe, read_frames, select_span, write_video
+from dmedit.media.video import probe, read_frames, select_span, write_video
 
 NTSC = Fraction(30000, 1001)
 AAC_FRAME_SAMPLES = 1024
@@ -26,7 +26,7 @@ def long_audio_clip(clip_dir: Path) -> Path:
     return make_clip(clip_dir / "long audio.mp4", width=64, height=48, frames=90, audio=True)
 
 
-def read_all(path: Path) -> tuple[dmedit.video.VideoInfo, np.ndarray]:
+def read_all(path: Path) -> tuple[dmedit.media.video.VideoInfo, np.ndarray]:
     info = probe(path=path)
     return info, read_frames(info=info, span=select_span(info=info, start=None, frames=info.frame_count))
 
@@ -188,7 +188,7 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(
     info, frames = read_all(ntsc_clip)
     output = tmp_path / "out.mp4"
     output.write_bytes(b"previous result")
-    real_even_frame, partial_seen = dmedit.encode._even_frame, []
+    real_even_frame, partial_seen = dmedit.media.encode._even_frame, []
 
     def interrupt_late(frame: np.ndarray) -> np.ndarray:
         partial_seen.append([p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.partial-")])
@@ -196,7 +196,7 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(
             raise KeyboardInterrupt
         return real_even_frame(frame)
 
-    monkeypatch.setattr(dmedit.encode, "_even_frame", interrupt_late)
+    monkeypatch.setattr(dmedit.media.encode, "_even_frame", interrupt_late)
     with pytest.raises(KeyboardInterrupt):
         write_video(path=output, frames=np.concatenate([frames] * 3), fps=info.fps)
     assert partial_seen[-1], "the interruption came before anything was written"

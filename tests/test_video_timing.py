@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from clips import make_clip, shapes_frame
-from dmedit import video
+from dmedit.media import video
 
 NTSC = Fraction(30000, 1001)
 AAC_FRAME_SAMPLES = 1024
@@ -56,7 +56,7 @@ def test_identical_frames_give_identical_bytes_from_any_buffer(tmp_path: Path):
 
 WRITE_FROM_NPY = (
     "import sys; from fractions import Fraction; from pathlib import Path; import numpy as np; "
-    "from dmedit.video import write_video; "
+    "from dmedit.media.video import write_video; "
     "write_video(path=Path(sys.argv[2]), frames=np.load(sys.argv[1]), fps=Fraction(25))"
 )
 

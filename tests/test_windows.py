@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmedit import editor
-from dmedit.config import EditConfig
-from dmedit.windows import WindowPlan, draw_starts, seam_measure
+from dmedit.engine import editor
+from dmedit.core.config import EditConfig
+from dmedit.engine.windows import WindowPlan, draw_starts, seam_measure
 
 KEY_LAYERS = ("up_blocks.1.attentions.*.transformer_blocks.*.attn1",)
 SRC, TGT = "a grey car on a road", "a red car on a road"

@@ -1,3 +1,3 @@
-from dmedit.cli import main
+from dmedit.cli.app import main
 
 main()

@@ -1,0 +1,181 @@
+"""Workers of `dmedit batch`: each one keeps a ModelCache, so a model entry and its detector load
+once per worker, and runs one job at a time with a job runner.
+
+The runner is named by a "module:function" string (default `dmedit.batch.workers:run_job`) and loaded in
+the worker, so a test can plant a runner of its own (e.g. one that kills its worker) without a
+hook in this code. A runner takes (job=JobSpec, models=ModelCache) and returns a JobOutcome; it
+never raises for a bad job: the failure is the outcome (exit code and one-line reason).
+
+Pools of workers, all driven by batch.run_queue: `InProcessPool` (one worker in the batch's own
+process), `ProcessPool` (N spawned processes, one job queue) and ray_workers.RayPool (actors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import importlib
+import io
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from dmedit.core.errors import EXIT_FAILURE, EXIT_OOM, DmeditError, InterruptedRun
+from dmedit.batch.jobs import JobSpec
+from dmedit.models.model_cache import ModelCache
+
+DEFAULT_RUNNER = "dmedit.batch.workers:run_job"
+REASON_LENGTH = 300
+Runner = Callable[..., "JobOutcome"]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended: status "done", "failed" or "interrupted", its exit code, seconds, the
+    written output (done) or a one-line reason (otherwise), and the worker that ran it with the
+    number of models that worker has loaded so far."""
+
+    index: int
+    name: str
+    status: str
+    exit_code: int = 0
+    seconds: float = 0.0
+    output: str | None = None
+    reason: str | None = None
+    worker: str = ""
+    model_loads: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker died while it ran a job (killed, crashed, its node gone): the job is retried once."""
+
+    reason: str
+
+
+def one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= REASON_LENGTH else text[: REASON_LENGTH - 3] + "..."
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_runner(spec: str) -> Runner:
+    """'package.module:function' -> the function."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _silent_reporter() -> Any:
+    from rich.console import Console
+
+    from dmedit.core.console import Reporter
+
+    return Reporter(console=Console(file=io.StringIO()), quiet=True)
+
+
+def run_job(*, job: JobSpec, models: ModelCache) -> JobOutcome:
+    """Run one job with `models` (the worker's cache): its sidecar marks it started, the run writes
+    its bundle, the sidecar marks it done. Any failure of the job is returned, not raised; a
+    signal (Ctrl-C, SIGTERM) still stops the worker."""
+    from dmedit.batch.state import write_sidecar
+    from dmedit.runs.pipeline import run_edit
+
+    started = time.perf_counter()
+
+    def ended(status: str, code: int, reason: str | None = None) -> JobOutcome:
+        seconds = round(time.perf_counter() - started, 3)
+        if status == "done":
+            return JobOutcome(index=job.index, name=job.name, status=status, output=str(job.output), seconds=seconds)
+        reason = one_line(reason or status)
+        with contextlib.suppress(OSError):  # the failure is recorded beside the bundle too, when it can be
+            write_sidecar(job=job, state=status, extra={"exit_code": code, "reason": reason, "seconds": seconds})
+        return JobOutcome(index=job.index, name=job.name, status=status, exit_code=code, seconds=seconds,
+                          reason=reason)
+
+    request = dataclasses.replace(job.request, resume=job.resume,
+                                  output=dataclasses.replace(job.request.output, overwrite=True))
+    try:
+        write_sidecar(job=job, state="started")
+        run_edit(request=request, reporter=_silent_reporter(), models=models)
+        write_sidecar(job=job, state="done", extra={"seconds": round(time.perf_counter() - started, 3)})
+    except InterruptedRun as error:
+        return ended("interrupted", error.exit_code, str(error))
+    except DmeditError as error:
+        return ended("failed", error.exit_code, str(error))
+    except MemoryError:
+        return ended("failed", EXIT_OOM, "out of memory")
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        return ended("failed", EXIT_FAILURE, f"{where}{error.strerror or error}")
+    except Exception as error:  # a bug in one job must not stop the batch; its one line says what it was
+        return ended("failed", EXIT_FAILURE, f"unexpected {type(error).__name__}: {error}")
+    return ended("done", 0)
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Worker:
+    """Runs jobs one at a time with one ModelCache; a job of another group (model entry) first
+    drops the loaded models, so a worker holds one entry's models at a time."""
+
+    runner: Runner
+    models: ModelCache = field(default_factory=ModelCache)
+    group: Hashable | None = None
+    name: str = field(default_factory=worker_name)
+
+    def run(self, job: JobSpec) -> JobOutcome:
+        if self.group is not None and job.group != self.group:
+            self.models.clear()
+            _free_device_memory()
+        self.group = job.group
+        outcome = self.runner(job=job, models=self.models)
+        if outcome.status != "done":
+            _free_device_memory()
+        return dataclasses.replace(outcome, worker=self.name, model_loads=self.models.loads)
+
+
+def interrupted(*, job: JobSpec, signum: int) -> JobOutcome:
+    """The outcome of a job stopped by a signal outside the step loop (nothing was written)."""
+    return JobOutcome(index=job.index, name=job.name, status="interrupted", exit_code=128 + signum,
+                      reason="stopped by a signal", worker=worker_name())
+
+
+class InProcessPool:
+    """One worker in the batch's own process (the default without GPUs, and the fastest for one)."""
+
+    size = 1
+
+    def __init__(self, *, runner: str) -> None:
+        self.worker = Worker(runner=load_runner(runner))
+        self.job: JobSpec | None = None
+
+    def submit(self, *, slot: int, job: JobSpec) -> None:
+        self.job = job
+
+    def wait(self) -> list[tuple[int, JobOutcome | WorkerLost]]:
+        job, self.job = self.job, None
+        assert job is not None
+        return [(0, self.worker.run(job))]
+
+    def replace(self, *, slot: int) -> None:
+        """The worker is this process: it cannot be lost."""
+
+    def stop(self, *, signum: int) -> list[tuple[int, JobOutcome | WorkerLost]]:
+        job, self.job = self.job, None
+        return [] if job is None else [(0, interrupted(job=job, signum=signum))]
+
+    def close(self) -> None:
+        self.worker.models.clear()

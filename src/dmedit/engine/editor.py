@@ -1,0 +1,395 @@
+"""The DreamMotion optimisation loop (paper Sec. 3): the only place loss terms are weighted.
+
+Per step, with one t ~ U{t_min..t_max} and one ε ~ N(0, I) shared by every term:
+    x_t = add_noise(x(θ), ε, t),  x̂_t = add_noise(x̂, ε, t)
+    g   = (ε_w(x_t, y_tgt) − ε_w(x̂_t, y_src)) ⊙ m                      (losses.dds_grad)
+    losses = {"dds": (g.detach() · x(θ)).sum(), "spatial": L_S, "temporal": L_T}
+    x(θ) ← x(θ) − lr · ∇ Σ_name weight[name] · losses[name]           (one backward, SGD)
+The V-DDS surrogate's gradient is g itself (DDS skips the chain rule through the noising and the
+U-Net); the SSM losses back-propagate through add_noise and the U-Net. Weights are EditConfig's
+dds_scale, lambda_spatial and lambda_temporal; a term whose weight is 0 is not computed. Logged per
+step: "t", "dds" = mean(g²) (the surrogate's value means nothing), "spatial", "temporal".
+
+U-Net calls per step: one no-grad call batching three branches (keeping the source keys) and one
+grad-enabled call on the branch whose keys feed the SSM losses (its ε, detached, also serves
+V-DDS); with both SSM terms off, a single no-grad call batches all four branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from dmedit.engine.keys import KeyRecorder, capture_keys, select_key_layers
+from dmedit.models.backends.base import VideoBackend
+from dmedit.engine.checkpoints import fingerprint, load_checkpoint, save_checkpoint
+from dmedit.engine.compilation import CompileChoice, installed, step_begins
+from dmedit.core.config import EditConfig
+from dmedit.core.errors import InterruptedRun, ModelError
+from dmedit.engine.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
+from dmedit.engine.speed import GRANULARITIES, Stopwatch, checkpointed_blocks
+from dmedit.engine.windows import WindowPlan, draw_starts
+
+SSM_FRAME_CHUNK = 4
+# branch name -> (which latents, which prompt: 0 = null, 1 = source, 2 = target)
+BRANCHES = {
+    "target_uncond": ("x_t", 0),
+    "target_cond": ("x_t", 2),
+    "source_uncond": ("source_t", 0),
+    "source_cond": ("source_t", 1),
+}
+SIGNAL_WORDS = {2: "interrupted", 15: "terminated"}
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """Which branches run in which U-Net call; fixed for a run by the config."""
+
+    no_grad: tuple[str, ...]
+    grad: str | None
+    source_keys: str | None
+
+
+@dataclass
+class EditSession:
+    """Everything computed once per run. source_latents x̂: (1,C,F,h,w) float32 on the device;
+    mask: (1,1,F,h,w) float32 on the device or None (full frame); branch_embeddings: the
+    (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
+    the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
+    modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
+    granularity ("block" or "layer") of activation checkpointing in the grad call. windows: the
+    temporal windows a step visits (one window of every frame unless config.window is set).
+    compile: how `installed` compiles the U-Net (None: eager). recorder: the run-wide key hooks
+    while `installed` is active (else every U-Net call hooks and unhooks its own)."""
+
+    backend: VideoBackend
+    config: EditConfig
+    key_layers: tuple[str, ...]
+    source_latents: torch.Tensor
+    mask: torch.Tensor | None
+    branch_embeddings: dict[tuple[str, ...], torch.Tensor]
+    plan: BranchPlan
+    fingerprint: str
+    windows: WindowPlan
+    key_modules: dict[str, Attention] = field(default_factory=dict)
+    checkpointing: str | None = None
+    compile: CompileChoice | None = None
+    recorder: KeyRecorder | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.source_latents.shape[2])
+
+
+@dataclass
+class EditState:
+    """The optimised latents x(θ) (1,C,F,h,w float32 leaf), its SGD, the noise generator,
+    steps done and the per-step history of logged terms ("t", "dds", "spatial", "temporal")."""
+
+    latents: torch.nn.Parameter
+    optimizer: torch.optim.SGD
+    generator: torch.Generator
+    step: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class EditResult:
+    """frames: (F,3,H,W) float32 CPU in [-1,1]; latents: final x(θ), (1,C,F,h,w) float32 CPU;
+    windows: the temporal windows the steps visited."""
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+    history: dict[str, list[float]]
+    steps_done: int
+    windows: WindowPlan
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepDraw:
+    """What one step draws from the generator, in this order: t ((1,) long), ε (the whole clip's
+    (1,C,F,h,w)) and the starts of the windows it visits; every window shares t and ε."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    starts: list[int]
+
+
+@dataclass
+class StepTerms:
+    """One step at the current x(θ): the sampled t ((1,) long) and ε (1,C,F,h,w) on the device,
+    g = dds_grad(...) (1,C,F,h,w float32, detached) and the named losses (float32 scalars attached
+    to the graph of x(θ)): "dds" (the surrogate) and the SSM terms whose weight is above 0."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    dds_grad: torch.Tensor
+    losses: dict[str, torch.Tensor]
+
+
+def branch_plan(*, config: EditConfig) -> BranchPlan:
+    """Conditional keys: grad on (x_t, y_tgt), source keys from (x̂_t, y_src); unconditional:
+    grad on (x_t, ∅), source keys from (x̂_t, ∅). No SSM term: all four branches without grad."""
+    if config.lambda_spatial == 0 and config.lambda_temporal == 0:
+        return BranchPlan(no_grad=tuple(BRANCHES), grad=None, source_keys=None)
+    conditional = config.ssm_keys == "conditional"
+    grad = "target_cond" if conditional else "target_uncond"
+    return BranchPlan(no_grad=tuple(name for name in BRANCHES if name != grad), grad=grad,
+                      source_keys="source_cond" if conditional else "source_uncond")
+
+
+def prepare(
+    *, backend: VideoBackend, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str,
+    tgt_prompt: str, config: EditConfig, key_layers: Sequence[str], checkpointing: str | None = None,
+    compile: CompileChoice | None = None,
+) -> EditSession:
+    """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid.
+
+    Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
+    (UsageError) before any work when an SSM term is on. checkpointing ("block" / "layer") turns
+    on activation checkpointing of the grad call (dmedit.engine.speed; same results up to rounding);
+    compile: torch.compile of the U-Net while `installed` is active (dmedit.engine.compilation).
+    """
+    if checkpointing not in (None, *GRANULARITIES):
+        raise ValueError(f"checkpointing must be None or one of {GRANULARITIES}, got {checkpointing!r}")
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (F,3,H,W), got {tuple(frames.shape)}")
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(backend, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    plan = branch_plan(config=config)
+    key_modules = {} if plan.grad is None else select_key_layers(unet=backend.unet, patterns=key_layers)
+    clock = Stopwatch(device=backend.device)
+    source = backend.encode_video(frames=frames).float()
+    timings = {"vae encode": clock.lap()}
+    mask = None
+    if masks is not None and config.use_mask:
+        if tuple(masks.shape) != (1, 1, *source.shape[2:]):
+            raise ValueError(f"masks must be (1,1,F,h,w) = {(1, 1, *source.shape[2:])}, got {tuple(masks.shape)}")
+        mask = masks.to(source.device, torch.float32)
+    prompts = ["", src_prompt, tgt_prompt]
+    embeddings = backend.encode_prompts(prompts=prompts)
+    timings["text encode"] = clock.lap()
+    calls = [plan.no_grad] + ([(plan.grad,)] if plan.grad is not None else [])
+    count = int(source.shape[2])
+    windowed = 0 < config.window < count
+    windows = WindowPlan(frames=count, length=config.window if windowed else count,
+                         overlap=config.window_overlap if windowed else 0, per_step=config.windows_per_step)
+    return EditSession(
+        backend=backend, config=config, key_layers=tuple(key_layers), source_latents=source, mask=mask,
+        branch_embeddings={call: embeddings[[BRANCHES[name][1] for name in call]] for call in calls},
+        plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows, compile=compile,
+        timings=timings,
+        fingerprint=fingerprint(frames=frames, masks=masks, prompts=prompts, config=config,
+                                key_layers=key_layers, backend=backend),
+    )
+
+
+def new_state(*, session: EditSession) -> EditState:
+    """x(θ) = x̂ (a copy), plain SGD at the configured learning rate, generator seeded."""
+    latents = torch.nn.Parameter(session.source_latents.clone())
+    generator = torch.Generator(device=session.source_latents.device)
+    generator.manual_seed(session.config.seed)
+    optimizer = torch.optim.SGD([latents], lr=session.config.learning_rate)
+    return EditState(latents=latents, optimizer=optimizer, generator=generator)
+
+
+def _unet_call(
+    *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: torch.Tensor,
+    keys_of: str | None,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
+    """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, the keys of branch `keys_of`
+    per key layer, each (F,HW,C), or None when keys_of is None)."""
+    backend, frames = session.backend, int(noised["x_t"].shape[2])
+    latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
+    rows = None
+    if keys_of is not None and len(branches) > 1:
+        index = branches.index(keys_of)
+        rows = slice(index * frames, (index + 1) * frames)
+    recorder = session.recorder
+    with contextlib.ExitStack() as stack:
+        store = None
+        if recorder is not None:
+            recorder.clear()
+        elif keys_of is not None:
+            store = stack.enter_context(capture_keys(unet=backend.unet, patterns=session.key_layers,
+                                                     rows=rows, layers=session.key_modules))
+        if recorder is None and session.checkpointing is not None:
+            stack.enter_context(checkpointed_blocks(unet=backend.unet, granularity=session.checkpointing))
+        eps = backend.predict_noise(latents=latents, timesteps=t.expand(len(branches)),
+                                    text_embeddings=session.branch_embeddings[branches])
+    if keys_of is None:
+        keys = None
+    else:
+        keys = recorder.take(rows=rows) if recorder is not None else store.layers()
+    return dict(zip(branches, eps.split(1))), keys
+
+
+def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, torch.Tensor]:
+    losses = {}
+    if config.lambda_spatial > 0:
+        losses["spatial"] = spatial_ssm_loss(target_keys=target_keys, source_keys=source_keys,
+                                             frame_chunk=SSM_FRAME_CHUNK, reduction=config.ssm_reduction)
+    if config.lambda_temporal > 0:
+        losses["temporal"] = temporal_ssm_loss(target_keys=target_keys, source_keys=source_keys,
+                                               reduction=config.ssm_reduction)
+    return losses
+
+
+def draw_step(*, session: EditSession, state: EditState) -> StepDraw:
+    """Draw t, then ε, then the windows (windows.draw_starts) from state.generator, on the latents' device."""
+    config, device = session.config, session.source_latents.device
+    t = torch.randint(config.t_min, config.t_max + 1, (1,), generator=state.generator, device=device)
+    noise = torch.randn(session.source_latents.shape, generator=state.generator, device=device)
+    return StepDraw(t=t, noise=noise, starts=draw_starts(plan=session.windows, generator=state.generator))
+
+
+def step_losses(*, session: EditSession, state: EditState, draw: StepDraw | None = None, start: int = 0) -> StepTerms:
+    """The named losses of the window starting at frame `start` at the current x(θ), which is left
+    unchanged; `draw` (default: drawn now) gives the step's shared t and ε."""
+    config, backend, plan = session.config, session.backend, session.plan
+    draw = draw if draw is not None else draw_step(session=session, state=state)
+    frames = slice(start, start + session.windows.length)
+    t, noise, x = draw.t, draw.noise[:, :, frames], state.latents[:, :, frames]
+    noised = {"x_t": backend.add_noise(latents=x, noise=noise, timesteps=t),
+              "source_t": backend.add_noise(latents=session.source_latents[:, :, frames], noise=noise, timesteps=t)}
+    with torch.no_grad():
+        eps, source_keys = _unet_call(session=session, branches=plan.no_grad, noised=noised, t=t,
+                                      keys_of=plan.source_keys)
+    losses: dict[str, torch.Tensor] = {}
+    if plan.grad is not None:
+        grad_eps, target_keys = _unet_call(session=session, branches=(plan.grad,), noised=noised, t=t,
+                                           keys_of=plan.grad)
+        eps[plan.grad] = grad_eps[plan.grad].detach()
+        losses = _ssm_losses(config=config, target_keys=target_keys, source_keys=source_keys)
+    g = dds_grad(eps_target_uncond=eps["target_uncond"], eps_target_cond=eps["target_cond"],
+                 eps_source_uncond=eps["source_uncond"], eps_source_cond=eps["source_cond"],
+                 guidance_scale=config.guidance_scale, mask=None if session.mask is None else session.mask[:, :, frames])
+    losses = {"dds": dds_surrogate(grad=g, latents=x), **losses}
+    return StepTerms(t=t, noise=noise, dds_grad=g, losses=losses)
+
+
+def _require_finite(*, session: EditSession, finite: bool, where: str) -> None:
+    """ModelError when the run stopped being finite, with advice that fits its dtype."""
+    if finite:
+        return
+    if session.backend.dtype == torch.float32:
+        advice = "lower --lr or --guidance-scale"
+    else:
+        advice = "try --dtype fp32"
+    raise ModelError(f"the model produced NaN/inf {where}; nothing was written ({advice})")
+
+
+def _step(*, session: EditSession, state: EditState) -> tuple[torch.Tensor, list[str]]:
+    """One SGD step, kept on the device: -> ([finite, t, dds, *losses] (float32), the loss names)."""
+    step_begins(choice=session.compile)
+    draw = draw_step(session=session, state=state)
+    weights = session.config.weights()
+    state.optimizer.zero_grad(set_to_none=True)
+    logged: list[torch.Tensor] = []
+    for start in draw.starts:
+        step = step_losses(session=session, state=state, draw=draw, start=start)
+        sum(weights[name] * loss for name, loss in step.losses.items()).backward()
+        names = [name for name in step.losses if name != "dds"]
+        logged.append(torch.stack([step.dds_grad.square().mean(), *(step.losses[n].detach().float() for n in names)]))
+    if len(draw.starts) > 1:
+        coverage = session.windows.coverage(starts=draw.starts).clamp(min=1).to(state.latents.device)
+        state.latents.grad /= coverage.view(1, 1, -1, 1, 1)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    return torch.cat([torch.isfinite(state.latents).all().float().view(1), draw.t.float(),
+                      torch.stack(logged).mean(dim=0)]), names
+
+
+def _read_records(*, session: EditSession, state: EditState, records: list[torch.Tensor], names: list[str],
+                  first_step: int) -> list[dict[str, float]]:
+    """Steps first_step+1.. as logged terms, in one device-to-host transfer; appended to state.history.
+    ModelError naming the first step whose x(θ) was not finite."""
+    rows = torch.stack(records).tolist()
+    terms = []
+    for number, (finite, t, dds, *losses) in enumerate(rows, start=first_step + 1):
+        _require_finite(session=session, finite=finite == 1.0, where=f"latents at step {number}")
+        terms.append({"t": t, "dds": dds, **dict(zip(names, losses))})
+    for step_terms in terms:
+        for name, value in step_terms.items():
+            state.history.setdefault(name, []).append(value)
+    return terms
+
+
+def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
+    """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name], one backward per window; a frame
+    in several windows gets the mean of their gradients.
+
+    Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted, averaged
+    over the step's windows) and appends them to state.history. ModelError when x(θ) stops being finite.
+    """
+    record, names = _step(session=session, state=state)
+    return _read_records(session=session, state=state, records=[record], names=names, first_step=state.step - 1)[0]
+
+
+def decode(*, session: EditSession, state: EditState) -> EditResult:
+    """Decode x(θ) -> EditResult; ModelError when the decoded frames are not finite."""
+    latents = state.latents.detach()
+    frames = session.backend.decode_latents(latents=latents)
+    _require_finite(session=session, finite=bool(torch.isfinite(frames).all()), where="frames from the VAE")
+    return EditResult(frames=frames, latents=latents.cpu().clone(), history=state.history, steps_done=state.step,
+                      windows=session.windows)
+
+
+def optimise(
+    *, session: EditSession, on_step: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None, resume: bool = False, stop_requested: Callable[[], int] = lambda: 0,
+    log_every: int = 1,
+) -> EditResult:
+    """Run the session's config.steps steps (with `installed` active) and decode x(θ) -> EditResult.
+
+    The loss values and the finiteness check are read from the device every `log_every` steps (and
+    before a checkpoint, a stop and the last step), so a step never waits for the host;
+    on_step(step_index, terms) then runs for each step read (counting from 0). A checkpoint is
+    written to `checkpoint` every config.checkpoint_every steps, after the last step, and when
+    stop_requested() returns a signal number before the last step, which then raises
+    InterruptedRun (exit 128 + that number). resume=True continues from `checkpoint` (steps may
+    be raised) to the same result as an unbroken run.
+    """
+    config = session.config
+    state = new_state(session=session)
+    if resume:
+        load_checkpoint(session=session, state=state, path=checkpoint)
+    pending: list[torch.Tensor] = []
+    started = state.step
+    clock, timings = Stopwatch(device=state.latents.device), {"first step": 0.0, "steps": 0.0}
+    with installed(session=session):
+        while state.step < config.steps:
+            record, names = _step(session=session, state=state)
+            if state.step == started + 1:
+                timings["first step"] = clock.lap()
+            pending.append(record)
+            signum = stop_requested() if state.step < config.steps else 0
+            due = state.step % config.checkpoint_every == 0 or state.step == config.steps or signum
+            if due or len(pending) >= log_every:
+                first = state.step - len(pending)
+                for index, terms in enumerate(_read_records(session=session, state=state, records=pending,
+                                                            names=names, first_step=first)):
+                    if on_step is not None:
+                        on_step(first + index, terms)
+                pending.clear()
+            if checkpoint is not None and due:
+                save_checkpoint(session=session, state=state, path=checkpoint)
+            if signum:
+                where = (f"checkpoint saved to {checkpoint}; run the same command with --resume to continue"
+                         if checkpoint is not None else "no checkpoint was written")
+                word = SIGNAL_WORDS.get(signum, f"stopped by signal {signum}")
+                raise InterruptedRun(f"{word} after step {state.step}/{config.steps}; {where}", signum=signum)
+    timings["steps"] = clock.lap()
+    result = decode(session=session, state=state)
+    result.timings.update(timings, decode=clock.lap())
+    return result

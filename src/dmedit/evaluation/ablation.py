@@ -1,0 +1,168 @@
+"""`dmedit ablate`: the full method and the paper's three ablations (Table 3: without the mask,
+without S-SSM, without T-SSM) on one clip with one seed, each run through pipeline.run_edit with
+the models loaded once, then scored (evaluation.py) and tabulated.
+
+OUT_DIR receives each run's bundle (full.mp4, no-mask.mp4, no-s-ssm.mp4, no-t-ssm.mp4 with their
+.json reports), the mask they share (mask.masks/, mask.mask.mp4, when it is detected), and
+ablation.md, ablation.json (every metric), ablation.png (per-frame curves) and ablation.mp4 (the
+four results side by side, labelled). Every file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dmedit.core.console import Reporter
+from dmedit.core.errors import UsageError
+from dmedit.evaluation.scoring import EvalRequest, Scorers, evaluate
+from dmedit.evaluation.metric_types import Metric
+from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
+
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("full", "full method", {}),
+    ("no-mask", "w/o mask", {"use_mask": False}),
+    ("no-s-ssm", "w/o S-SSM", {"lambda_spatial": 0.0}),
+    ("no-t-ssm", "w/o T-SSM", {"lambda_temporal": 0.0}),
+)
+"""(file name, label, the EditOverrides changed from the full method)."""
+TABLE_FILES = ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4")
+MASK_BASE = "mask"
+
+
+@dataclass(frozen=True)
+class AblationRequest:
+    """The full method's run request (its output path is not used), the folder receiving every
+    file, the models of the model-based metrics, and whether existing files are replaced."""
+
+    run: RunRequest
+    out_dir: Path
+    scorers: Scorers
+    overwrite: bool = False
+
+
+def planned_files(*, request: AblationRequest) -> list[Path]:
+    """Every file and folder the ablation writes in out_dir."""
+    names = [f"{name}{suffix}" for name, _, _ in VARIANTS for suffix in (".mp4", ".json")]
+    if request.run.mask.source is None:
+        names += [f"{MASK_BASE}.masks", f"{MASK_BASE}.mask.mp4"]
+    return [request.out_dir / name for name in (*names, *TABLE_FILES)]
+
+
+def _check_request(*, request: AblationRequest) -> None:
+    try:
+        mode = request.run.video.stat().st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        raise UsageError(f"{request.run.video}: ablate reads the video four times; give a file, not a pipe")
+    if request.out_dir.exists() and not request.out_dir.is_dir():
+        raise UsageError(f"--out-dir {request.out_dir}: is a file, not a folder")
+    if not request.overwrite:
+        existing = [path for path in planned_files(request=request) if path.exists()]
+        if existing:
+            raise UsageError(f"{existing[0]} exists; pass --overwrite or choose another --out-dir")
+
+
+def _shared_mask(*, request: AblationRequest, reporter: Reporter) -> RunRequest:
+    """The run request with a mask file every variant uses: the user's, or one detected once here."""
+    from dmedit.runs.pipeline import run_mask_preview
+
+    base = request.run
+    if base.mask.source is not None:
+        return base
+    mask = dataclasses.replace(base.mask, prompt=base.detection_prompt)
+    preview = MaskRequest(video=base.video, span=base.span, mask=mask, model=base.model,
+                          output=OutputSettings(path=request.out_dir / MASK_BASE, overwrite=request.overwrite))
+    _, folder = run_mask_preview(request=preview, reporter=reporter)
+    return dataclasses.replace(base, mask=dataclasses.replace(base.mask, source=str(folder.absolute())))
+
+
+def _variant(*, base: RunRequest, request: AblationRequest, name: str, changes: dict[str, Any]) -> RunRequest:
+    output = dataclasses.replace(base.output, path=request.out_dir / f"{name}.mp4", overwrite=request.overwrite,
+                                 skip_existing=False)
+    return dataclasses.replace(base, edit=dataclasses.replace(base.edit, **changes), output=output, resume=False)
+
+
+def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
+    """Run the four variants, score them, write the table files; returns the Markdown table."""
+    from dmedit.evaluation.metric_report import markdown_table, plot_curves
+    from dmedit.models.model_cache import ModelCache
+    from dmedit.runs.pipeline import run_edit
+    from dmedit.runs.report import write_json
+
+    _check_request(request=request)
+    request.out_dir.mkdir(parents=True, exist_ok=True)
+    base = _shared_mask(request=request, reporter=reporter)
+    models = ModelCache()
+    for index, (name, label, changes) in enumerate(VARIANTS, start=1):
+        reporter.line(f"ablation {index}/{len(VARIANTS)}: {label} -> {request.out_dir / name}.mp4")
+        run_edit(request=_variant(base=base, request=request, name=name, changes=changes), reporter=reporter,
+                 models=models)
+    models.clear()  # the video model; the scorers load into it next, once for all four
+    scores: dict[str, dict[str, Metric]] = {}
+    records: dict[str, Any] = {}
+    for name, label, changes in VARIANTS:
+        reporter.line(f"scoring {label}")
+        edited = request.out_dir / f"{name}.mp4"
+        metrics, record = evaluate(request=EvalRequest(
+            source=base.video, edited=edited, target_text=base.tgt, registry=base.model.registry,
+            device=base.model.device, scorers=request.scorers), models=models)
+        scores[label] = metrics
+        records[name] = {"label": label, "changes": changes, "output": str(edited), "eval": record}
+    table = markdown_table(runs=scores)
+    write_json(path=request.out_dir / "ablation.json", data={
+        "video": str(base.video), "src": base.src, "tgt": base.tgt, "model": base.model.name,
+        "seed": base.edit.seed, "mask": base.mask.source, "scorers": request.scorers.to_text(), "runs": records})
+    _write_text(path=request.out_dir / "ablation.md", text=_markdown_document(base=base, table=table))
+    plot_curves(path=request.out_dir / "ablation.png", series=scores)
+    _write_side_by_side(request=request)
+    return table
+
+
+def _markdown_document(*, base: RunRequest, table: str) -> str:
+    return (f"# Ablation: {base.video.name}, {base.src!r} -> {base.tgt!r}\n\n"
+            f"Model `{base.model.name}`, seed {base.edit.seed}, mask `{base.mask.source}`; one run per row "
+            "(the paper's Table 3: the full method, then without the mask, S-SSM or T-SSM).\n\n" + table)
+
+
+def _write_text(*, path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def labelled(*, frames: np.ndarray, label: str) -> np.ndarray:
+    """(T,H,W,3) uint8 -> (T,H+bar,W,3): a dark bar above the frames with `label` in white."""
+    width = frames.shape[2]
+    bar = max(12, frames.shape[1] // 10)
+    scale = bar / 32
+    strip = np.full((bar, width, 3), 24, np.uint8)
+    cv2.putText(strip, label, (3, bar - max(3, bar // 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return np.concatenate([np.broadcast_to(strip, (len(frames), *strip.shape)), frames], axis=1)
+
+
+def _write_side_by_side(*, request: AblationRequest) -> None:
+    """ablation.mp4: the four results left to right, each under its label, at the full run's rate."""
+    from dmedit.media.fit import side_by_side
+    from dmedit.media.video import probe, read_frames, select_span, write_video
+
+    panels, fps = [], None
+    for name, label, _ in VARIANTS:
+        info = probe(path=request.out_dir / f"{name}.mp4")
+        fps = fps or info.fps
+        frames = read_frames(info=info, span=select_span(info=info, start=None, frames=None))
+        panels.append(labelled(frames=frames, label=label))
+    count = min(len(panel) for panel in panels)
+    write_video(path=request.out_dir / "ablation.mp4", frames=side_by_side(panels=[p[:count] for p in panels]), fps=fps)

@@ -1,0 +1,117 @@
+"""Output files of a run: one run per output at a time (a lock), stale partial files of killed
+runs removed, and the bundle (MP4, report, companions) appearing all at once or not at all.
+
+Every file is first written in a hidden staging folder beside the output, `.OUT.bundle-PID/`, then
+renamed into place with signals held (MP4 last). A run killed with SIGKILL leaves its staging
+folder or hidden `.OUT...partial-PID...` files; the next run on the same output removes those
+whose process is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dmedit.core.errors import UsageError
+from dmedit.runs.signals import signals_held
+
+_OWNER = re.compile(r"\.(?:partial|bundle)-(\d+)")
+
+
+def companion(*, output: Path, suffix: str) -> Path:
+    """OUT.mp4 -> OUT<suffix> (e.g. '.json', '.compare.mp4', '.loss.png', '.run')."""
+    return output.with_name(f"{output.stem}{suffix}")
+
+
+def _lock_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "another process"
+    return f"pid {text}" if text.isdigit() else "another process"
+
+
+@contextmanager
+def output_lock(*, output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `output` (and so on its companions and checkpoint folder) for the
+    block; UsageError naming the holder when another dmedit run holds it."""
+    path = _lock_path(output)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UsageError(f"{output} is being written by another dmedit run ({_holder(path)}); "
+                             "wait for it to finish or choose another -o") from None
+        try:
+            same = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)  # the holder removed the file between our open and lock: try again
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(*, output: Path) -> list[Path]:
+    """Remove hidden partial files and staging folders of `output` (and of its checkpoint folder)
+    left by dmedit processes that no longer run; returns what was removed."""
+    removed = []
+    folders = [output.parent, companion(output=output, suffix=".run")]
+    prefixes = (f".{output.stem}", ".checkpoint")
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            owner = _OWNER.search(path.name)
+            if not path.name.startswith(prefixes) or owner is None or _alive(int(owner.group(1))):
+                continue
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def staged_bundle(*, output: Path) -> Iterator[Path]:
+    """Yields a hidden staging folder beside `output`. Write every file of the bundle into it
+    under its final name; when the block ends normally they are renamed into place (the file
+    named like `output` last) with signals held; otherwise the folder is removed."""
+    staging = output.with_name(f".{output.stem}.bundle-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        files = sorted(staging.iterdir(), key=lambda path: path.name == output.name)
+        with signals_held():
+            for path in files:
+                os.replace(path, output.with_name(path.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

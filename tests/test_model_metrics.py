@@ -13,9 +13,8 @@ import torch
 
 from clips import shapes_frame
 from dmedit.core.errors import EXIT_MODEL, InputError, ModelError, UsageError
+from dmedit.models.scorers.choice import DEFAULT_SCORERS, TINY_SCORERS
 from dmedit.evaluation.model_metrics import (
-    DEFAULT_SCORERS,
-    TINY_SCORERS,
     check_scorer_weights,
     model_metric_names,
     motion_fidelity_from_tracks,

@@ -55,7 +55,8 @@ def eval_command(
     reporter = Reporter(quiet=quiet)
     with exit_codes(reporter):
         _prepare_environment(offline=offline)
-        from dmedit.evaluation.scoring import EvalRequest, evaluate, parse_scorers
+        from dmedit.evaluation.scoring import EvalRequest, evaluate
+        from dmedit.models.scorers.choice import parse_scorers
         from dmedit.evaluation.metric_report import format_table, plot_curves
         from dmedit.runs.report import write_json
 
@@ -105,7 +106,7 @@ def ablate(
     with exit_codes(reporter):
         _prepare_environment(offline=bool(run_options["offline"]))
         from dmedit.evaluation.ablation import AblationRequest, run_ablation
-        from dmedit.evaluation.scoring import parse_scorers
+        from dmedit.models.scorers.choice import parse_scorers
 
         flags = {**LEFT_OUT_DEFAULTS, **run_options, "video": video, "src": src, "tgt": tgt, "overwrite": overwrite,
                  "quiet": quiet}

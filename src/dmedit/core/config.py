@@ -20,6 +20,8 @@ SsmReduction = Literal["mean", "sum"]
 TRAIN_TIMESTEPS = 1000
 """Every supported family's scheduler is trained on 1000 timesteps: t is drawn from 0..999."""
 MAX_SEED = 2**63 - 1
+DEFAULT_CRF = 18
+"""H.264 quality of written video (lower is better): --crf's default."""
 
 
 def require_finite(*, name: str, value: float, low: float | None = None, high: float | None = None) -> None:

@@ -19,11 +19,6 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch.utils.checkpoint import checkpoint
 
-if TYPE_CHECKING:
-    from dmedit.engine.compilation import CompileChoice
-    from dmedit.core.config import EditConfig
-    from dmedit.runs.settings import ModelSettings
-
 
 LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "downsamplers", "upsamplers")
 GRANULARITIES = ("block", "layer")
@@ -159,21 +154,3 @@ def choose_checkpointing(*, requested: str | None, estimate: dict[str | None, in
                 reason=f"auto: {label} needs about {gib[label]} GiB of {free_gib} GiB free")
     return CheckpointingChoice(granularity="layer", estimate_gib=gib, free_gib=free_gib,
                                reason=f"auto: even layer ({gib['layer']} GiB) may not fit {free_gib} GiB free")
-
-
-def speed_choices(*, settings: "ModelSettings", config: "EditConfig", device: torch.device, dtype: torch.dtype,
-                  unet: torch.nn.Module, grid: tuple[int, ...]) -> tuple[CheckpointingChoice, "CompileChoice"]:
-    """--checkpointing (auto: from the free memory) and --compile for a clip of grid (F, h, w) on
-    the latent grid; the step sees a window's frames when the config has windows."""
-    from dmedit.engine.compilation import choose_compile, use_cache_folder
-    from dmedit.models.hub import cache_dir
-
-    frames, height, width = grid
-    window = config.window if 0 < config.window < frames else frames
-    estimate = step_memory_estimate(unet=unet, frames=window, latent_height=height, latent_width=width, dtype=dtype)
-    checkpointing = choose_checkpointing(requested=settings.checkpointing, estimate=estimate,
-                                         free_bytes=free_memory_bytes(device=device))
-    compile_choice = choose_compile(requested=settings.compile, mode=settings.compile_mode, device=device)
-    if compile_choice.enabled:
-        use_cache_folder(folder=cache_dir() / "inductor")
-    return checkpointing, compile_choice

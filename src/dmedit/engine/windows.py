@@ -11,14 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dataclasses
-
 import numpy as np
 import torch
 
-from dmedit.core.config import EditConfig, ModelEntry
-from dmedit.core.errors import UsageError
-from dmedit.runs.settings import EditOverrides
 
 
 @dataclass(frozen=True)
@@ -66,25 +61,6 @@ class WindowPlan:
         return {"frames": self.frames, "length": self.length, "overlap": self.overlap, "stride": self.stride,
                 "per_step": self.per_step or len(base), "windows_on_base_grid": len(base),
                 "base_grid_starts": base}
-
-
-def resolve_windows(*, config: EditConfig, entry: ModelEntry, frames: int, given: EditOverrides) -> EditConfig:
-    """The edit settings with their temporal windows resolved: one window of the whole span when it
-    fits the model (max_frames) and no --window was given; otherwise windows of --window frames
-    (default: the entry's window, else its frame count) sharing --window-overlap frames (default:
-    the entry's, else half the window)."""
-    if given.window is None and frames <= entry.max_frames:
-        return dataclasses.replace(config, window=0, window_overlap=0)
-    window = given.window or entry.window or entry.frames
-    if window > entry.max_frames:
-        raise UsageError(f"--window {window}: model {entry.name!r} takes at most {entry.max_frames} frames at once")
-    if given.window_overlap is not None:
-        overlap = given.window_overlap
-    else:
-        overlap = entry.window_overlap if entry.window_overlap is not None else window // 2
-    if not 0 <= overlap < window:
-        raise UsageError(f"--window-overlap {overlap} must be below the window of {window} frames")
-    return dataclasses.replace(config, window=window, window_overlap=overlap)
 
 
 def draw_starts(*, plan: WindowPlan, generator: torch.Generator) -> list[int]:

@@ -22,7 +22,8 @@ import numpy as np
 
 from dmedit.core.console import Reporter
 from dmedit.core.errors import UsageError
-from dmedit.evaluation.scoring import EvalRequest, Scorers, evaluate
+from dmedit.evaluation.scoring import EvalRequest, evaluate
+from dmedit.models.scorers.choice import Scorers
 from dmedit.evaluation.metric_types import Metric
 from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from dmedit.core.errors import InputError, ModelError, UsageError
 from dmedit.evaluation.metric_types import Metric
+from dmedit.models.scorers.choice import DEFAULT_SCORERS
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
     from dmedit.models.registry import Registry
 
 METRIC_ROLES = {"text_align": "clip", "frame_con": "clip", "frame_lpips": "lpips", "motion_fidelity": "tracker"}
-DEFAULT_SCORERS = {"clip": "clip-vit-large-patch14", "lpips": "lpips-alex", "tracker": "efficientloftr"}
-TINY_SCORERS = {"clip": "tiny-clip", "lpips": "tiny-lpips", "tracker": "tiny-tracker"}
 CLIP_S_WEIGHT = 2.5
 TRACK_GRID = 20
 STILL_PX = 1e-6

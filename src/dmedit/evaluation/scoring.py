@@ -31,6 +31,7 @@ import numpy as np
 
 from dmedit.core.errors import InputError, UsageError
 from dmedit.evaluation.metric_types import Metric
+from dmedit.models.scorers.choice import Scorers
 from dmedit.runs.settings import MaskSettings, SpanSettings
 
 if TYPE_CHECKING:
@@ -42,44 +43,6 @@ if TYPE_CHECKING:
     from dmedit.media.video import VideoInfo
 
 ASPECT_TOLERANCE = 0.02
-
-
-@dataclass(frozen=True)
-class Scorers:
-    """Which model-based metrics run: `enabled` False = weight-free only; `entries` (role, registry
-    entry) pairs overriding the defaults (empty = the registry's defaults)."""
-
-    enabled: bool = True
-    entries: tuple[tuple[str, str], ...] = ()
-
-    def mapping(self) -> dict[str, str] | None:
-        return dict(self.entries) or None
-
-    def to_text(self) -> str:
-        if not self.enabled:
-            return "none"
-        return ",".join(f"{role}={entry}" for role, entry in self.entries) or "default"
-
-
-def parse_scorers(*, text: str | None, flag: str = "--scorers") -> Scorers:
-    """'default'/None, 'none', 'tiny' (model_metrics.TINY_SCORERS) or 'ROLE=ENTRY,...' (roles of
-    model_metrics.DEFAULT_SCORERS) -> Scorers; UsageError for anything else."""
-    from dmedit.evaluation.model_metrics import DEFAULT_SCORERS, TINY_SCORERS
-
-    value = (text or "default").strip()
-    if value in ("default", ""):
-        return Scorers()
-    if value == "none":
-        return Scorers(enabled=False)
-    if value == "tiny":
-        return Scorers(entries=tuple(TINY_SCORERS.items()))
-    pairs = [[word.strip() for word in part.split("=", 1)] for part in value.split(",") if part.strip()]
-    if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
-        raise UsageError(f"{flag} {text!r}: use default, none, tiny or ROLE=ENTRY pairs such as clip=tiny-clip")
-    unknown = [role for role, _ in pairs if role not in DEFAULT_SCORERS]
-    if unknown:
-        raise UsageError(f"{flag}: unknown role {unknown[0]!r}; roles: {', '.join(DEFAULT_SCORERS)}")
-    return Scorers(entries=tuple((role, entry) for role, entry in pairs))
 
 
 def check_scorers(*, registry: "Registry", scorers: Scorers) -> None:
@@ -360,7 +323,7 @@ def evaluate_run(*, run: "RunContext", edited: np.ndarray, curves: Path | None =
         mask = None if mask is None else masks_to_model(masks=mask.astype(np.float32), mapping=run.mask.mapping) > 0
     compared = Compared(source=source, edited=edited, mask=mask, indices=plan.span.indices, span_from="run",
                         target_text=plan.request.tgt, mask_from=origin)
-    scorers = parse_scorers(text=plan.request.output.eval_scorers, flag="--eval-scorers")
+    scorers = plan.request.output.scorers
     metrics = score(compared=compared, scorers=scorers, registry=plan.registry, device=plan.device,
                     models=plan.models)
     if curves is not None:

@@ -35,10 +35,10 @@ import numpy as np
 from dmedit.media import decode
 from dmedit.media.audio import audio_packets, mux_interleaved
 from dmedit.media.encode import WrittenVideo, add_video_stream, frame_pts, pictures
+from dmedit.core.config import DEFAULT_CRF
 from dmedit.core.errors import InputError, UsageError
 from dmedit.media.fit import check_frames
 from dmedit.media.ffmpeg_log import ffmpeg_reason, quiet_ffmpeg
-from dmedit.runs.settings import OutputSettings
 from dmedit.media.spans import SAME_RATE_TOLERANCE, Span, rate_fields, select_span
 
 __all__ = [
@@ -197,7 +197,7 @@ def _numbers(values: Sequence[int]) -> str:
 
 
 def write_video(
-    *, path: Path, frames: np.ndarray, fps: Fraction, crf: int = OutputSettings.crf,
+    *, path: Path, frames: np.ndarray, fps: Fraction, crf: int = DEFAULT_CRF,
     audio_source: Path | None = None, audio_start: float = 0.0, audio_duration: float | None = None,
     timestamps: Sequence[float] | None = None,
 ) -> WrittenVideo:

@@ -152,7 +152,7 @@ def _plan_model(*, request: RunRequest, info: "VideoInfo", output: Path, reporte
     from dmedit.runs.cascade import cascade_weights
     from dmedit.engine.compilation import choose_compile
     from dmedit.models.registry import load_registry
-    from dmedit.engine.windows import resolve_windows
+    from dmedit.runs.levers import resolve_windows
 
     registry = load_registry(registry_file=request.model.registry)
     entry = registry.model(request.model.name)
@@ -161,9 +161,9 @@ def _plan_model(*, request: RunRequest, info: "VideoInfo", output: Path, reporte
     config = resolve_windows(config=config, entry=entry, frames=len(span.indices), given=request.edit)
     weights = cascade_weights(entry=entry, registry=registry, request=request)
     if request.output.eval:  # the metrics' models too, before any frame is decoded
-        from dmedit.evaluation.scoring import check_scorers, parse_scorers
+        from dmedit.evaluation.scoring import check_scorers
 
-        check_scorers(registry=registry, scorers=parse_scorers(text=request.output.eval_scorers))
+        check_scorers(registry=registry, scorers=request.output.scorers)
     device = resolve_device(name=request.model.device)
     dtype = resolve_dtype(name=request.model.dtype, device=device, entry=entry)
     choose_compile(requested=request.model.compile, mode=request.model.compile_mode, device=device)  # refuse early
@@ -240,7 +240,7 @@ def _optimise(*, run: RunContext, reporter: Reporter) -> "EditResult":
     with reporter.stage("load model"):
         from dmedit import editor  # imports diffusers: part of loading the model
         from dmedit.engine.compilation import compile_counters
-        from dmedit.engine.speed import speed_choices
+        from dmedit.runs.levers import speed_choices
 
         backend = plan.models.backend(entry=plan.entry, folder=plan.weights, device=plan.device, dtype=plan.dtype,
                                       vae_chunk=settings.vae_chunk, offload=settings.offload)

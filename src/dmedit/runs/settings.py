@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dmedit.core.config import SsmKeys, SsmReduction, require_finite
+from dmedit.core.config import DEFAULT_CRF, SsmKeys, SsmReduction, require_finite
 from dmedit.core.errors import UsageError
+from dmedit.models.scorers.choice import Scorers, parse_scorers
 
 FitMode = Literal["crop", "pad", "stretch"]
 OutSize = Literal["source", "model"]
@@ -135,10 +136,10 @@ class OutputSettings:
     """What is written: path (None = IN.dmedit.mp4 beside the input), H.264 crf, the source's audio,
     size (source or model resolution), companions (compare video, loss plot), compositing, and
     what to do when the output exists; eval: score the edit into the report (`eval` key, OUT.eval.png),
-    with the model-based metrics' models `eval_scorers` (evaluation.parse_scorers; None = the registry's)."""
+    with the model-based metrics' models `eval_scorers` (models.scorers.choice.parse_scorers; None = the registry's)."""
 
     path: Path | None = None
-    crf: int = 18
+    crf: int = DEFAULT_CRF
     audio: bool = True
     size: OutSize = "source"
     compare: bool = False
@@ -154,10 +155,12 @@ class OutputSettings:
         _require_choice(name="--out-size", value=self.size, choices=("source", "model"))
         if self.overwrite and self.skip_existing:
             raise UsageError("--overwrite and --skip-existing contradict each other; pass one of them")
-        if self.eval_scorers is not None:
-            from dmedit.evaluation.scoring import parse_scorers
+        self.scorers  # noqa: B018 (parsed now: a bad value is a usage error before any work)
 
-            parse_scorers(text=self.eval_scorers, flag="--eval-scorers")
+    @property
+    def scorers(self) -> Scorers:
+        """The models `--eval` scores with (models.scorers.choice.parse_scorers)."""
+        return parse_scorers(text=self.eval_scorers, flag="--eval-scorers")
 
 
 @dataclass(frozen=True)

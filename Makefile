@@ -13,8 +13,10 @@ install:
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[test]'
 
+# The layer contracts (pyproject.toml [tool.importlinter]), then every test on every core.
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench:
 	$(BIN)/python -m bench.run

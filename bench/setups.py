@@ -23,7 +23,8 @@ from dmedit.models.backends.show1 import Show1Backend
 from dmedit.models.backends.text_to_video import TextToVideoBackend, load_text_to_video
 from dmedit.models.backends.tiny import SCHEDULER_CONFIG, build_tiny_video_model
 from dmedit.models.backends.zeroscope_random import ZEROSCOPE_UNET_CONFIG
-from dmedit.engine.compilation import CompileChoice, installed
+from dmedit.engine.compilation import CompileChoice
+from dmedit.engine.keys import KeyRecorder
 from dmedit.core.config import EditConfig
 from dmedit.models.registry import load_registry
 from dmedit.runs.settings import ModelSettings
@@ -204,10 +205,11 @@ class LiveConfig:
     bare_compute: Callable[[], None]
     bare_no_grad_frames: int
     bare_grad_frames: int
+    recorder: KeyRecorder
     installed: contextlib.ExitStack
 
     def close(self) -> None:
-        """Remove the run-wide hooks and the compiled forward (compilation.installed)."""
+        """Remove the run-wide hooks and the compiled forward (editor.run_hooks)."""
         self.installed.close()
 
     def fresh_state(self) -> editor.EditState:
@@ -216,13 +218,12 @@ class LiveConfig:
     def step(self, state: editor.EditState) -> dict[str, float]:
         """The engine's real step function, under the configuration's autocast if any."""
         with self.precision():
-            return editor.run_step(session=self.session, state=state)
+            return editor.run_step(session=self.session, state=state, recorder=self.recorder)
 
     def bare(self) -> None:
         with self.precision():
             self.bare_compute()
-        if self.session.recorder is not None:  # the run-wide hooks recorded the bare calls' keys too
-            self.session.recorder.clear()
+        self.recorder.clear()  # the run-wide hooks recorded the bare calls' keys too
 
     def precision(self) -> contextlib.AbstractContextManager:
         if self.config.autocast is None:
@@ -256,9 +257,9 @@ def prepare_live(*, config: BenchConfig, backends: BackendCache) -> LiveConfig:
     )
     bare, no_grad_frames, grad_frames = bare_compute(session=session)
     stack = contextlib.ExitStack()
-    stack.enter_context(installed(session=session))  # as editor.optimise runs its steps
+    recorder = stack.enter_context(editor.run_hooks(session=session))  # as editor.optimise runs its steps
     return LiveConfig(config=config, session=session, bare_compute=bare, bare_no_grad_frames=no_grad_frames,
-                      bare_grad_frames=grad_frames, installed=stack)
+                      bare_grad_frames=grad_frames, recorder=recorder, installed=stack)
 
 
 def bare_compute(*, session: editor.EditSession) -> tuple[Callable[[], None], int, int]:

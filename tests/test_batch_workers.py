@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-import typer
 from rich.console import Console
 
 from clips import make_clip
-from dmedit.cli.app import app as cli
+from dmedit.cli.run_flags import job_options
 from dmedit.batch.queue import BatchSettings, BatchSummary, run_batch
 from dmedit.core.console import Reporter
 from dmedit.core.errors import BatchFailed
@@ -26,9 +25,7 @@ PLANTED = "batch_planted:dies_once"
 
 
 def run_options() -> RunOptions:
-    command = typer.main.get_command(cli.app).commands["run"]
-    return RunOptions(params={param.name: param for param in command.params}, context=command.context_class(command),
-                      build=cli.run_request)
+    return job_options()
 
 
 def run(source: Path, out: Path, settings: BatchSettings, **given: object) -> tuple[BatchSummary, list[dict]]:

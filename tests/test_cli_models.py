@@ -85,12 +85,12 @@ def test_quiet_prints_nothing_but_errors() -> None:
 
 
 def test_a_failed_write_leaves_no_half_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ntsc_clip: Path) -> None:
-    import dmedit.runs.report
+    import dmedit.runs.bundle
 
     def disk_full(**kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dmedit.runs.report, "write_json", disk_full)
+    monkeypatch.setattr(dmedit.runs.bundle, "write_json", disk_full)
     output = tmp_path / "full.mp4"
     result = runner.invoke(app, ["run", str(ntsc_clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask",
                                  "full", "--frames", "4", "--steps", "1", "--compare", "--plot", "-o", str(output)])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dmedit.engine import editor
-from dmedit.engine.compilation import CompileChoice, choose_compile, compile_counters, installed
+from dmedit.engine.compilation import CompileChoice, choose_compile, compile_counters
 from dmedit.core.config import EditConfig
 from dmedit.core.errors import ModelError, UsageError
 from dmedit.engine.speed import choose_checkpointing, step_memory_estimate
@@ -43,14 +43,14 @@ def _hooks(session: editor.EditSession) -> list[object]:
 def test_key_hooks_are_registered_once_for_the_whole_run(tiny_backend, frames) -> None:
     session = _session(tiny_backend, frames)
     state = editor.new_state(session=session)
-    with installed(session=session):
+    with editor.run_hooks(session=session) as recorder:
         before = _hooks(session)
         for _ in range(20):
-            editor.run_step(session=session, state=state)
+            editor.run_step(session=session, state=state, recorder=recorder)
         after = _hooks(session)
     assert len(before) == len(session.key_modules) == 2
     assert all(first is second for first, second in zip(before, after, strict=True))
-    assert _hooks(session) == [] and session.recorder is None
+    assert _hooks(session) == []
 
 
 @pytest.mark.parametrize("checkpointing", [None, "layer"])
@@ -59,8 +59,8 @@ def test_run_wide_hooks_give_the_same_steps_as_per_call_hooks(tiny_backend, fram
     per_call, run_wide = _session(tiny_backend, frames), _session(tiny_backend, frames, checkpointing=checkpointing)
     states = [editor.new_state(session=session) for session in (per_call, run_wide)]
     plain = [editor.run_step(session=per_call, state=states[0]) for _ in range(3)]
-    with installed(session=run_wide):
-        hooked = [editor.run_step(session=run_wide, state=states[1]) for _ in range(3)]
+    with editor.run_hooks(session=run_wide) as recorder:
+        hooked = [editor.run_step(session=run_wide, state=states[1], recorder=recorder) for _ in range(3)]
     for ours, theirs in zip(hooked, plain):
         assert ours.keys() == theirs.keys()
         assert all(ours[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-8) for name in ours)
@@ -74,11 +74,12 @@ def test_the_compiled_step_equals_the_eager_step_and_never_recompiles(tiny_backe
     frames = frames[:2]
     eager, compiled = _session(tiny_backend, frames), _session(tiny_backend, frames, compile=COMPILED)
     eager_state, compiled_state = (editor.new_state(session=session) for session in (eager, compiled))
-    with installed(session=compiled):
+    with editor.run_hooks(session=compiled) as recorder:
         hooks = _hooks(compiled)
-        editor.run_step(session=compiled, state=compiled_state)
+        editor.run_step(session=compiled, state=compiled_state, recorder=recorder)
         after_first = compile_counters()
-        compiled_terms = [editor.run_step(session=compiled, state=compiled_state) for _ in range(19)]
+        compiled_terms = [editor.run_step(session=compiled, state=compiled_state, recorder=recorder)
+                          for _ in range(19)]
         assert all(first is second for first, second in zip(hooks, _hooks(compiled), strict=True))
     eager_terms = [editor.run_step(session=eager, state=eager_state) for _ in range(20)][1:]
     assert after_first["graphs"] == 2 and compile_counters() == after_first

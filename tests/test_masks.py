@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmedit.models.backends.grounding_dino import Detection, DetectionRun
+from dmedit.models.backends.base import Detection, DetectionRun
 from dmedit.core.errors import InputError
 from dmedit.media.fit import FitMapping, to_model_frames
 from dmedit.masks.regions import (

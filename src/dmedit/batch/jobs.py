@@ -2,7 +2,8 @@
 
 A job's columns are `input` and the names of `dmedit run`'s options: "steps", "--steps",
 "guidance-scale" and "guidance_scale" all name --guidance-scale. Each value is converted and
-checked by the `run` command's own parameter, so every default and every check is `run`'s.
+checked by the converter the command line passes for that option (RunOptions), so every default
+and every check is `run`'s.
 A job's value wins over the batch command line's, which wins over `run`'s default.
 
 Paths in a jobs file (input, mask, registry) are relative to the file's folder; `output` is
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-import typer
-
 from dmedit.core.errors import UsageError
 from dmedit.runs.settings import RunRequest
 
@@ -33,6 +32,9 @@ NOT_PER_JOB = frozenset({"overwrite", "skip_existing", "resume", "quiet", "log_e
 PATH_OPTIONS = ("registry", "mask")
 """Options holding a path that, in a jobs file, is relative to the file's folder."""
 BuildRequest = Callable[..., RunRequest]
+"""Run options by parameter name (`flags=`) -> the checked RunRequest."""
+Convert = Callable[[Any], Any]
+"""A jobs file's raw value -> the option's value; UsageError (why) for a bad one."""
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,12 @@ class Row:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """`dmedit run`'s parameters (name -> the Typer/Click parameter, which converts and checks a
-    value), a context to convert in, and `run_request` (flags -> RunRequest)."""
+    """`dmedit run`'s options as the command line passes them down: a converter per option name
+    (the video argument included), each option's default, and the request builder."""
 
-    params: Mapping[str, Any]
-    context: Any
+    converters: Mapping[str, Convert]
+    defaults: Mapping[str, Any]
     build: BuildRequest
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {name: param.default for name, param in self.params.items()}
 
 
 def load_jobs(*, source: Path, given: Mapping[str, Any], options: RunOptions, out_dir: Path) -> list[JobSpec]:
@@ -184,14 +182,13 @@ def _converted(*, row: Row, options: RunOptions) -> dict[str, Any]:
             raise UsageError(f"{row.header or row.where}: column {column!r} applies to the whole batch, not to one "
                              "job (see dmedit batch -h)")
         target = "video" if name == INPUT_COLUMN else name
-        if target not in options.params or (target == "video" and name != INPUT_COLUMN):
+        if target not in options.converters or (target == "video" and name != INPUT_COLUMN):
             raise UsageError(f"{row.header or row.where}: unknown column {column!r} (a job's columns are input and "
                              "the options of dmedit run, e.g. src, tgt, steps; see dmedit run -h)")
         try:
-            values[target] = options.params[target].process_value(options.context, raw)
-        except typer.TyperException as error:
-            message = error.format_message() if hasattr(error, "format_message") else str(error)
-            raise UsageError(f"{row.where}: column {column!r}: {' '.join(message.split())}") from None
+            values[target] = options.converters[target](raw)
+        except UsageError as error:
+            raise UsageError(f"{row.where}: column {column!r}: {error}") from None
     return values
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from dmedit.core.errors import Terminated
 from dmedit.batch.jobs import JobSpec
+from dmedit.runs.signals import terminate_as_exception
 from dmedit.batch.workers import JobOutcome, Worker, WorkerLost, interrupted, load_runner
 
 JOIN_SECONDS = 10.0
@@ -49,8 +50,6 @@ def _die_with_the_batch() -> None:
 
 def worker_main(connection: Any, slot: int, runner: str, threads: int | None) -> None:
     """A worker process: receive a job, send its outcome, until None or the batch is gone."""
-    from dmedit.runs.signals import terminate_as_exception
-
     os.setpgrp()
     _die_with_the_batch()
     _use_device(slot=slot, threads=threads)

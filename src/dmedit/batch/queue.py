@@ -25,7 +25,10 @@ from dmedit.batch.state import plan_jobs
 from dmedit.core.console import Reporter
 from dmedit.core.errors import EXIT_FAILURE, BatchFailed, InterruptedRun, Terminated
 from dmedit.batch.jobs import JobSpec
-from dmedit.batch.workers import DEFAULT_RUNNER, JobOutcome, WorkerLost
+from dmedit.batch.process_pool import ProcessPool
+from dmedit.batch.ray_workers import RayPool
+from dmedit.batch.workers import DEFAULT_RUNNER, InProcessPool, JobOutcome, WorkerLost
+from dmedit.core.threads import available_cpus
 
 LogFormat = Literal["text", "jsonl"]
 STATUSES = ("done", "skipped", "failed", "interrupted", "pending")
@@ -228,8 +231,6 @@ def open_pool(*, settings: BatchSettings, reporter: Reporter) -> Iterator[Any]:
     """The pool of workers the settings ask for, closed at the end. While Ray runs, anything it
     prints goes to stderr: stdout keeps the batch's results only."""
     if settings.ray is not None:
-        from dmedit.batch.ray_workers import RayPool
-
         with contextlib.redirect_stdout(sys.stderr):
             pool = RayPool(address=settings.ray, size=settings.workers, runner=settings.runner, warn=reporter.warn)
             try:
@@ -237,9 +238,6 @@ def open_pool(*, settings: BatchSettings, reporter: Reporter) -> Iterator[Any]:
             finally:
                 pool.close()
         return
-    from dmedit.batch.process_pool import ProcessPool
-    from dmedit.batch.workers import InProcessPool
-
     size = settings.workers or default_workers()
     pool = (InProcessPool(runner=settings.runner) if size == 1
             else ProcessPool(size=size, runner=settings.runner,
@@ -286,6 +284,4 @@ def _show(*, summary: BatchSummary, events: Events) -> None:
 
 def cpu_share(*, workers: int) -> int:
     """CPU threads for each of `workers` local worker processes."""
-    from dmedit.core.threads import available_cpus
-
     return max(1, available_cpus() // workers)

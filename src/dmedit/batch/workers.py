@@ -24,9 +24,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from dmedit.core.errors import EXIT_FAILURE, EXIT_OOM, DmeditError, InterruptedRun
+from rich.console import Console
+
 from dmedit.batch.jobs import JobSpec
+from dmedit.batch.state import write_sidecar
+from dmedit.core.console import Reporter
+from dmedit.core.errors import EXIT_FAILURE, EXIT_OOM, DmeditError, InterruptedRun
+from dmedit.evaluation.scoring import run_extras
 from dmedit.models.model_cache import ModelCache
+from dmedit.runs.pipeline import run_edit
 
 DEFAULT_RUNNER = "dmedit.batch.workers:run_job"
 REASON_LENGTH = 300
@@ -72,11 +78,7 @@ def load_runner(spec: str) -> Runner:
     return getattr(importlib.import_module(module), name)
 
 
-def _silent_reporter() -> Any:
-    from rich.console import Console
-
-    from dmedit.core.console import Reporter
-
+def _silent_reporter() -> Reporter:
     return Reporter(console=Console(file=io.StringIO()), quiet=True)
 
 
@@ -84,9 +86,6 @@ def run_job(*, job: JobSpec, models: ModelCache) -> JobOutcome:
     """Run one job with `models` (the worker's cache): its sidecar marks it started, the run writes
     its bundle, the sidecar marks it done. Any failure of the job is returned, not raised; a
     signal (Ctrl-C, SIGTERM) still stops the worker."""
-    from dmedit.batch.state import write_sidecar
-    from dmedit.runs.pipeline import run_edit
-
     started = time.perf_counter()
 
     def ended(status: str, code: int, reason: str | None = None) -> JobOutcome:
@@ -103,7 +102,7 @@ def run_job(*, job: JobSpec, models: ModelCache) -> JobOutcome:
                                   output=dataclasses.replace(job.request.output, overwrite=True))
     try:
         write_sidecar(job=job, state="started")
-        run_edit(request=request, reporter=_silent_reporter(), models=models)
+        run_edit(request=request, reporter=_silent_reporter(), models=models, extras=run_extras(request=request))
         write_sidecar(job=job, state="done", extra={"seconds": round(time.perf_counter() - started, 3)})
     except InterruptedRun as error:
         return ended("interrupted", error.exit_code, str(error))

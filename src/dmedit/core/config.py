@@ -3,6 +3,8 @@
 Registry parsing (registry.py) builds `ModelEntry`/`DetectorEntry`/`ScorerEntry`; the run applies an entry's
 `defaults` table over `EditConfig()`, then the command line's `settings.EditOverrides`, with
 `EditConfig.merged`. The user's other settings (span, mask, model, output) are in settings.py.
+Each EditConfig field carries its command-line form (core.flags): the flag of `dmedit run`, `batch`,
+`ablate` and a jobs file's column are derived from it, so a new setting is added here alone.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from dmedit.core.errors import UsageError
+from dmedit.core.flags import CONTROL, FRAMES, METHOD, MODELS, Flag, Switch, setting
 
 SsmKeys = Literal["conditional", "unconditional"]
 SsmReduction = Literal["mean", "sum"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+"""torch.compile's inductor modes (--compile-mode)."""
 TRAIN_TIMESTEPS = 1000
 """Every supported family's scheduler is trained on 1000 timesteps: t is drawn from 0..999."""
 MAX_SEED = 2**63 - 1
@@ -59,22 +64,33 @@ class EditConfig:
         `window_overlap` frames on a grid shifted every step, every window (0) or that many at random.
     """
 
-    steps: int = 200
-    guidance_scale: float = 9.0
-    learning_rate: float = 0.4
-    t_min: int = 50
-    t_max: int = 950
-    dds_scale: float = 1.0
-    lambda_spatial: float = 1.0
-    lambda_temporal: float = 1.0
-    use_mask: bool = True
-    ssm_keys: SsmKeys = "conditional"
-    ssm_reduction: SsmReduction = "mean"
-    window: int = 0
-    window_overlap: int = 0
-    windows_per_step: int = 0
-    seed: int = 0
-    checkpoint_every: int = 50
+    steps: int = setting(200, Flag(help="Optimisation steps.", panel=METHOD, shown=MODELS, low=1))
+    guidance_scale: float = setting(9.0, Flag(help="Classifier-free guidance w (diffusers' convention).", panel=METHOD,
+                                              shown=MODELS))
+    learning_rate: float = setting(0.4, Flag(help="SGD learning rate.", panel=METHOD, names=("--lr",), shown=MODELS))
+    t_min: int = setting(50, Flag(help="Smallest timestep drawn.", panel=METHOD, shown=MODELS))
+    t_max: int = setting(950, Flag(help="Largest timestep drawn.", panel=METHOD, shown=MODELS))
+    dds_scale: float = setting(1.0, Flag(help="Weight of the V-DDS gradient.", panel=METHOD, shown=MODELS))
+    lambda_spatial: float = setting(
+        1.0, Flag(help="Weight of the spatial self-similarity loss.", panel=METHOD, shown=MODELS),
+        Switch("--no-spatial-ssm", help="Ablation: drop S-SSM.", panel=METHOD, value=0.0))
+    lambda_temporal: float = setting(
+        1.0, Flag(help="Weight of the temporal self-similarity loss.", panel=METHOD, shown=MODELS),
+        Switch("--no-temporal-ssm", help="Ablation: drop T-SSM.", panel=METHOD, value=0.0))
+    use_mask: bool = setting(True, Switch("--no-mask", help="Ablation: V-DDS gradient over the whole frame.",
+                                          panel=METHOD, value=False))
+    ssm_keys: SsmKeys = setting("conditional", Flag(help="Which passes' keys the SSM losses compare.", panel=METHOD,
+                                                    shown=MODELS))
+    ssm_reduction: SsmReduction = setting("mean", Flag(
+        help="SSM losses as means over map entries, or sums (the paper's Eq. 12, 15).", panel=METHOD, shown=MODELS))
+    window: int = setting(0, Flag(help="Frames per temporal window when the span is longer than the model takes.",
+                                  panel=FRAMES, shown=MODELS, low=1))
+    window_overlap: int = setting(0, Flag(help="Frames neighbouring windows share.", panel=FRAMES,
+                                          shown="half the window", low=0))
+    windows_per_step: int = setting(0, Flag(help="Windows each step visits, at random (0: all).", panel=FRAMES, low=0))
+    seed: int = setting(0, Flag(help="Random seed (same seed and inputs, same output file on one machine).",
+                                panel=METHOD, low=0))
+    checkpoint_every: int = setting(50, Flag(help="Write a checkpoint every K steps.", panel=CONTROL, low=1))
 
     def __post_init__(self) -> None:
         require_finite(name="--steps", value=self.steps, low=1, high=1_000_000)

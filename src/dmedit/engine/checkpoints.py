@@ -10,18 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
+from dmedit.core.config import EditConfig
 from dmedit.core.errors import UsageError
-
-if TYPE_CHECKING:
-    from dmedit.models.backends.base import VideoBackend
-    from dmedit.core.config import EditConfig
-    from dmedit.engine.editor import EditSession, EditState
+from dmedit.core.files import replaced_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 UNFINGERPRINTED_SETTINGS = ("steps", "checkpoint_every")
@@ -29,34 +26,37 @@ UNFINGERPRINTED_SETTINGS = ("steps", "checkpoint_every")
 CHECKPOINT_FORMAT = 1
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a resumed run continues from: x(θ) (1,C,F,h,w float32 CPU), the SGD state dict, the
+    noise generator's state, the steps done, the logged history and the run's fingerprint."""
+
+    fingerprint: str
+    step: int
+    latents: torch.Tensor
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+    history: dict[str, list[float]]
+
+
 def checkpoint_path(*, folder: Path) -> Path:
     """The checkpoint file inside a run's checkpoint folder."""
     return Path(folder) / CHECKPOINT_NAME
 
 
-def save_checkpoint(*, session: "EditSession", state: "EditState", path: Path) -> None:
-    """Write latents, optimizer, generator, step, history and fingerprint atomically to `path`."""
+def save_checkpoint(*, checkpoint: Checkpoint, path: Path) -> None:
+    """Write `checkpoint` to a temporary name beside `path`, then rename it over `path`, so the
+    previous complete checkpoint stays until the new one is whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "fingerprint": session.fingerprint,
-        "step": state.step,
-        "latents": state.latents.detach().cpu().clone(),
-        "optimizer": state.optimizer.state_dict(),
-        "generator": state.generator.get_state(),
-        "history": state.history,
-    }
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    payload = {"format": CHECKPOINT_FORMAT,
+               **{field.name: getattr(checkpoint, field.name) for field in dataclasses.fields(Checkpoint)}}
+    with replaced_atomically(path=path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
-def load_checkpoint(*, session: "EditSession", state: "EditState", path: Path | None) -> None:
-    """Restore `state` from `path`; UsageError if it is missing, unreadable, from another run, or
-    past the session's step count."""
+def load_checkpoint(*, path: Path | None, fingerprint: str, steps: int) -> Checkpoint:
+    """The checkpoint at `path`; UsageError if it is missing, unreadable, from another run (its
+    fingerprint differs) or past `steps`."""
     if path is None or not path.is_file():
         raise UsageError(f"{path}: no checkpoint to resume from")
     try:
@@ -64,18 +64,15 @@ def load_checkpoint(*, session: "EditSession", state: "EditState", path: Path | 
     except (OSError, RuntimeError, EOFError, ValueError) as error:
         raise UsageError(f"{path}: cannot read the checkpoint ({type(error).__name__}); "
                          "delete it to start over") from error
-    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("fingerprint") != session.fingerprint:
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("fingerprint") != fingerprint:
         raise UsageError(f"{path}: checkpoint is from a different run (other video, masks, prompts, "
                          "model or settings); delete it or drop --resume")
-    if int(payload["step"]) > session.config.steps:
+    if int(payload["step"]) > steps:
         raise UsageError(f"{path}: the checkpoint is at step {payload['step']}, past --steps "
-                         f"{session.config.steps}; raise --steps or drop --resume")
-    with torch.no_grad():
-        state.latents.copy_(payload["latents"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.generator.set_state(payload["generator"])
-    state.step = int(payload["step"])
-    state.history = {name: list(values) for name, values in payload["history"].items()}
+                         f"{steps}; raise --steps or drop --resume")
+    return Checkpoint(fingerprint=fingerprint, step=int(payload["step"]), latents=payload["latents"],
+                      optimizer=payload["optimizer"], generator=payload["generator"],
+                      history={name: list(values) for name, values in payload["history"].items()})
 
 
 def _tensor_digest(tensor: torch.Tensor | None) -> str:
@@ -86,10 +83,10 @@ def _tensor_digest(tensor: torch.Tensor | None) -> str:
 
 
 def fingerprint(*, frames: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
-                config: EditConfig, key_layers: Sequence[str], backend: VideoBackend) -> str:
-    """Identity of a run's inputs for --resume: everything but the step count and checkpoint cadence."""
+                config: EditConfig, key_layers: Sequence[str], unet_class: str, dtype: str) -> str:
+    """Identity of a run's inputs for --resume: everything but the step count and checkpoint
+    cadence. unet_class: the U-Net's class name; dtype: the backend's dtype as str(torch.dtype)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNFINGERPRINTED_SETTINGS}
     record = dict(frames=_tensor_digest(frames), masks=_tensor_digest(masks), prompts=list(prompts),
-                  config=settings, key_layers=list(key_layers), unet=type(backend.unet).__name__,
-                  dtype=str(backend.dtype))
+                  config=settings, key_layers=list(key_layers), unet=unet_class, dtype=dtype)
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -1,7 +1,7 @@
 """torch.compile of the U-Net for one run: the choice, the persistent caches and the counters.
 
 The U-Net module itself is compiled in place (`nn.Module.compile`), so its identity, its weights
-and the key hooks that attention.recording_keys registered once per run stay as they are; the
+and the key hooks that hooks.unet_hooks registered once per run stay as they are; the
 compiled forward is dropped again when the run ends. Timesteps are tensors and shapes are fixed
 within a run, so a run traces two graphs (the step's no-grad call and its grad call) and never
 recompiles; `compile_counters` reads torch._dynamo's graph count to show it.
@@ -18,17 +18,14 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, get_args
 
 import torch
 
+from dmedit.core.config import CompileMode
 from dmedit.core.errors import UsageError
-from dmedit.engine.speed import checkpointed_blocks
 
-if TYPE_CHECKING:
-    from dmedit.engine.editor import EditSession
-
-MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+MODES: tuple[str, ...] = get_args(CompileMode)
 CUDA_ONLY_MODES = ("reduce-overhead",)
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -95,23 +92,3 @@ def compile_counters() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
     return {"graphs": int(counters["stats"].get("unique_graphs", 0))}
-
-
-@contextlib.contextmanager
-def installed(*, session: "EditSession") -> Iterator["EditSession"]:
-    """Install for a whole run what every U-Net call of every step shares: the key hooks (once,
-    not per call), activation checkpointing and the compiled U-Net. The U-Net is then the same
-    module with the same hooks on every call, which a compiler traces once; all is removed on exit.
-    """
-    from dmedit.engine.keys import recording_keys  # diffusers: imported by the run, not by choose_compile
-
-    unet = session.backend.unet
-    with contextlib.ExitStack() as stack:
-        if session.key_modules:
-            session.recorder = stack.enter_context(recording_keys(layers=session.key_modules))
-            stack.callback(setattr, session, "recorder", None)
-        if session.checkpointing is not None:
-            stack.enter_context(checkpointed_blocks(unet=unet, granularity=session.checkpointing))
-        if session.compile is not None:
-            stack.enter_context(compiled_unet(unet=unet, choice=session.compile))
-        yield session

@@ -25,47 +25,33 @@ from typing import Callable, Sequence
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmedit.engine.keys import KeyRecorder, capture_keys, select_key_layers
-from dmedit.models.backends.base import VideoBackend
-from dmedit.engine.checkpoints import fingerprint, load_checkpoint, save_checkpoint
-from dmedit.engine.compilation import CompileChoice, installed, step_begins
 from dmedit.core.config import EditConfig
 from dmedit.core.errors import InterruptedRun, ModelError
+from dmedit.engine.branches import BRANCHES, BranchPlan, branch_plan
+from dmedit.engine.checkpoints import Checkpoint, fingerprint, load_checkpoint, save_checkpoint
+from dmedit.engine.compilation import CompileChoice, step_begins
+from dmedit.engine.hooks import unet_hooks
+from dmedit.engine.keys import KeyRecorder, select_key_layers
 from dmedit.engine.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
-from dmedit.engine.speed import GRANULARITIES, Stopwatch, checkpointed_blocks
+from dmedit.engine.speed import GRANULARITIES, Stopwatch
 from dmedit.engine.windows import WindowPlan, draw_starts
+from dmedit.models.backends.base import VideoBackend
 
 SSM_FRAME_CHUNK = 4
-# branch name -> (which latents, which prompt: 0 = null, 1 = source, 2 = target)
-BRANCHES = {
-    "target_uncond": ("x_t", 0),
-    "target_cond": ("x_t", 2),
-    "source_uncond": ("source_t", 0),
-    "source_cond": ("source_t", 1),
-}
 SIGNAL_WORDS = {2: "interrupted", 15: "terminated"}
 
 
 @dataclass(frozen=True)
-class BranchPlan:
-    """Which branches run in which U-Net call; fixed for a run by the config."""
-
-    no_grad: tuple[str, ...]
-    grad: str | None
-    source_keys: str | None
-
-
-@dataclass
 class EditSession:
-    """Everything computed once per run. source_latents x̂: (1,C,F,h,w) float32 on the device;
+    """Everything fixed for a run, computed once. source_latents x̂: (1,C,F,h,w) float32 on the device;
     mask: (1,1,F,h,w) float32 on the device or None (full frame); branch_embeddings: the
     (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
     the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
     modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
     granularity ("block" or "layer") of activation checkpointing in the grad call. windows: the
     temporal windows a step visits (one window of every frame unless config.window is set).
-    compile: how `installed` compiles the U-Net (None: eager). recorder: the run-wide key hooks
-    while `installed` is active (else every U-Net call hooks and unhooks its own)."""
+    compile: how the run's hooks (`run_hooks`) compile the U-Net (None: eager). timings: seconds
+    spent encoding the video and the prompts."""
 
     backend: VideoBackend
     config: EditConfig
@@ -79,7 +65,6 @@ class EditSession:
     key_modules: dict[str, Attention] = field(default_factory=dict)
     checkpointing: str | None = None
     compile: CompileChoice | None = None
-    recorder: KeyRecorder | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -134,17 +119,6 @@ class StepTerms:
     losses: dict[str, torch.Tensor]
 
 
-def branch_plan(*, config: EditConfig) -> BranchPlan:
-    """Conditional keys: grad on (x_t, y_tgt), source keys from (x̂_t, y_src); unconditional:
-    grad on (x_t, ∅), source keys from (x̂_t, ∅). No SSM term: all four branches without grad."""
-    if config.lambda_spatial == 0 and config.lambda_temporal == 0:
-        return BranchPlan(no_grad=tuple(BRANCHES), grad=None, source_keys=None)
-    conditional = config.ssm_keys == "conditional"
-    grad = "target_cond" if conditional else "target_uncond"
-    return BranchPlan(no_grad=tuple(name for name in BRANCHES if name != grad), grad=grad,
-                      source_keys="source_cond" if conditional else "source_uncond")
-
-
 def prepare(
     *, backend: VideoBackend, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str,
     tgt_prompt: str, config: EditConfig, key_layers: Sequence[str], checkpointing: str | None = None,
@@ -155,7 +129,7 @@ def prepare(
     Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
     (UsageError) before any work when an SSM term is on. checkpointing ("block" / "layer") turns
     on activation checkpointing of the grad call (dmedit.engine.speed; same results up to rounding);
-    compile: torch.compile of the U-Net while `installed` is active (dmedit.engine.compilation).
+    compile: torch.compile of the U-Net while `run_hooks` is active (dmedit.engine.compilation).
     """
     if checkpointing not in (None, *GRANULARITIES):
         raise ValueError(f"checkpointing must be None or one of {GRANULARITIES}, got {checkpointing!r}")
@@ -188,8 +162,8 @@ def prepare(
         branch_embeddings={call: embeddings[[BRANCHES[name][1] for name in call]] for call in calls},
         plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows, compile=compile,
         timings=timings,
-        fingerprint=fingerprint(frames=frames, masks=masks, prompts=prompts, config=config,
-                                key_layers=key_layers, backend=backend),
+        fingerprint=fingerprint(frames=frames, masks=masks, prompts=prompts, config=config, key_layers=key_layers,
+                                unet_class=type(backend.unet).__name__, dtype=str(backend.dtype)),
     )
 
 
@@ -202,35 +176,29 @@ def new_state(*, session: EditSession) -> EditState:
     return EditState(latents=latents, optimizer=optimizer, generator=generator)
 
 
+def run_hooks(*, session: EditSession) -> contextlib.AbstractContextManager[KeyRecorder]:
+    """The session's key hooks, checkpointing and compiled U-Net (hooks.unet_hooks) for a block of steps."""
+    return unet_hooks(unet=session.backend.unet, key_modules=session.key_modules,
+                      checkpointing=session.checkpointing, compile=session.compile)
+
+
 def _unet_call(
-    *, session: EditSession, branches: tuple[str, ...], noised: dict[str, torch.Tensor], t: torch.Tensor,
-    keys_of: str | None,
+    *, session: EditSession, recorder: KeyRecorder, branches: tuple[str, ...], noised: dict[str, torch.Tensor],
+    t: torch.Tensor, keys_of: str | None,
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
     """One U-Net call over `branches` -> ({branch: ε (1,C,F,h,w)}, the keys of branch `keys_of`
     per key layer, each (F,HW,C), or None when keys_of is None)."""
     backend, frames = session.backend, int(noised["x_t"].shape[2])
     latents = torch.cat([noised[BRANCHES[name][0]] for name in branches]).to(backend.dtype)
-    rows = None
-    if keys_of is not None and len(branches) > 1:
-        index = branches.index(keys_of)
-        rows = slice(index * frames, (index + 1) * frames)
-    recorder = session.recorder
-    with contextlib.ExitStack() as stack:
-        store = None
-        if recorder is not None:
-            recorder.clear()
-        elif keys_of is not None:
-            store = stack.enter_context(capture_keys(unet=backend.unet, patterns=session.key_layers,
-                                                     rows=rows, layers=session.key_modules))
-        if recorder is None and session.checkpointing is not None:
-            stack.enter_context(checkpointed_blocks(unet=backend.unet, granularity=session.checkpointing))
-        eps = backend.predict_noise(latents=latents, timesteps=t.expand(len(branches)),
-                                    text_embeddings=session.branch_embeddings[branches])
+    recorder.clear()
+    eps = backend.predict_noise(latents=latents, timesteps=t.expand(len(branches)),
+                                text_embeddings=session.branch_embeddings[branches])
     if keys_of is None:
-        keys = None
-    else:
-        keys = recorder.take(rows=rows) if recorder is not None else store.layers()
-    return dict(zip(branches, eps.split(1))), keys
+        recorder.clear()
+        return dict(zip(branches, eps.split(1))), None
+    index = branches.index(keys_of)
+    rows = slice(index * frames, (index + 1) * frames) if len(branches) > 1 else None
+    return dict(zip(branches, eps.split(1))), recorder.take(rows=rows)
 
 
 def _ssm_losses(*, config: EditConfig, target_keys, source_keys) -> dict[str, torch.Tensor]:
@@ -252,9 +220,16 @@ def draw_step(*, session: EditSession, state: EditState) -> StepDraw:
     return StepDraw(t=t, noise=noise, starts=draw_starts(plan=session.windows, generator=state.generator))
 
 
-def step_losses(*, session: EditSession, state: EditState, draw: StepDraw | None = None, start: int = 0) -> StepTerms:
+def step_losses(
+    *, session: EditSession, state: EditState, draw: StepDraw | None = None, start: int = 0,
+    recorder: KeyRecorder | None = None,
+) -> StepTerms:
     """The named losses of the window starting at frame `start` at the current x(θ), which is left
-    unchanged; `draw` (default: drawn now) gives the step's shared t and ε."""
+    unchanged; `draw` (default: drawn now) gives the step's shared t and ε. recorder: the hooks of
+    `run_hooks` when the caller holds them; None installs them around this call."""
+    if recorder is None:
+        with run_hooks(session=session) as recorder:
+            return step_losses(session=session, state=state, draw=draw, start=start, recorder=recorder)
     config, backend, plan = session.config, session.backend, session.plan
     draw = draw if draw is not None else draw_step(session=session, state=state)
     frames = slice(start, start + session.windows.length)
@@ -262,12 +237,12 @@ def step_losses(*, session: EditSession, state: EditState, draw: StepDraw | None
     noised = {"x_t": backend.add_noise(latents=x, noise=noise, timesteps=t),
               "source_t": backend.add_noise(latents=session.source_latents[:, :, frames], noise=noise, timesteps=t)}
     with torch.no_grad():
-        eps, source_keys = _unet_call(session=session, branches=plan.no_grad, noised=noised, t=t,
-                                      keys_of=plan.source_keys)
+        eps, source_keys = _unet_call(session=session, recorder=recorder, branches=plan.no_grad, noised=noised,
+                                      t=t, keys_of=plan.source_keys)
     losses: dict[str, torch.Tensor] = {}
     if plan.grad is not None:
-        grad_eps, target_keys = _unet_call(session=session, branches=(plan.grad,), noised=noised, t=t,
-                                           keys_of=plan.grad)
+        grad_eps, target_keys = _unet_call(session=session, recorder=recorder, branches=(plan.grad,),
+                                           noised=noised, t=t, keys_of=plan.grad)
         eps[plan.grad] = grad_eps[plan.grad].detach()
         losses = _ssm_losses(config=config, target_keys=target_keys, source_keys=source_keys)
     g = dds_grad(eps_target_uncond=eps["target_uncond"], eps_target_cond=eps["target_cond"],
@@ -288,7 +263,7 @@ def _require_finite(*, session: EditSession, finite: bool, where: str) -> None:
     raise ModelError(f"the model produced NaN/inf {where}; nothing was written ({advice})")
 
 
-def _step(*, session: EditSession, state: EditState) -> tuple[torch.Tensor, list[str]]:
+def _step(*, session: EditSession, state: EditState, recorder: KeyRecorder) -> tuple[torch.Tensor, list[str]]:
     """One SGD step, kept on the device: -> ([finite, t, dds, *losses] (float32), the loss names)."""
     step_begins(choice=session.compile)
     draw = draw_step(session=session, state=state)
@@ -296,7 +271,7 @@ def _step(*, session: EditSession, state: EditState) -> tuple[torch.Tensor, list
     state.optimizer.zero_grad(set_to_none=True)
     logged: list[torch.Tensor] = []
     for start in draw.starts:
-        step = step_losses(session=session, state=state, draw=draw, start=start)
+        step = step_losses(session=session, state=state, draw=draw, start=start, recorder=recorder)
         sum(weights[name] * loss for name, loss in step.losses.items()).backward()
         names = [name for name in step.losses if name != "dds"]
         logged.append(torch.stack([step.dds_grad.square().mean(), *(step.losses[n].detach().float() for n in names)]))
@@ -325,14 +300,19 @@ def _read_records(*, session: EditSession, state: EditState, records: list[torch
     return terms
 
 
-def run_step(*, session: EditSession, state: EditState) -> dict[str, float]:
+def run_step(*, session: EditSession, state: EditState, recorder: KeyRecorder | None = None) -> dict[str, float]:
     """One SGD step on x(θ) along ∇ Σ weight[name] · loss[name], one backward per window; a frame
     in several windows gets the mean of their gradients.
 
     Returns the logged terms {"t", "dds" = mean(g²), "spatial"?, "temporal"?} (unweighted, averaged
     over the step's windows) and appends them to state.history. ModelError when x(θ) stops being finite.
+    recorder: the hooks of `run_hooks` when the caller holds them for many steps; None installs
+    them around this step.
     """
-    record, names = _step(session=session, state=state)
+    if recorder is None:
+        with run_hooks(session=session) as recorder:
+            return run_step(session=session, state=state, recorder=recorder)
+    record, names = _step(session=session, state=state, recorder=recorder)
     return _read_records(session=session, state=state, records=[record], names=names, first_step=state.step - 1)[0]
 
 
@@ -345,12 +325,27 @@ def decode(*, session: EditSession, state: EditState) -> EditResult:
                       windows=session.windows)
 
 
+def _snapshot(*, session: EditSession, state: EditState) -> Checkpoint:
+    return Checkpoint(fingerprint=session.fingerprint, step=state.step, latents=state.latents.detach().cpu().clone(),
+                      optimizer=state.optimizer.state_dict(), generator=state.generator.get_state(),
+                      history=state.history)
+
+
+def _restore(*, state: EditState, checkpoint: Checkpoint) -> None:
+    with torch.no_grad():
+        state.latents.copy_(checkpoint.latents)
+    state.optimizer.load_state_dict(checkpoint.optimizer)
+    state.generator.set_state(checkpoint.generator)
+    state.step = checkpoint.step
+    state.history = checkpoint.history
+
+
 def optimise(
     *, session: EditSession, on_step: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Path | None = None, resume: bool = False, stop_requested: Callable[[], int] = lambda: 0,
     log_every: int = 1,
 ) -> EditResult:
-    """Run the session's config.steps steps (with `installed` active) and decode x(θ) -> EditResult.
+    """Run the session's config.steps steps (inside one `run_hooks`) and decode x(θ) -> EditResult.
 
     The loss values and the finiteness check are read from the device every `log_every` steps (and
     before a checkpoint, a stop and the last step), so a step never waits for the host;
@@ -363,13 +358,14 @@ def optimise(
     config = session.config
     state = new_state(session=session)
     if resume:
-        load_checkpoint(session=session, state=state, path=checkpoint)
+        _restore(state=state, checkpoint=load_checkpoint(path=checkpoint, fingerprint=session.fingerprint,
+                                                         steps=config.steps))
     pending: list[torch.Tensor] = []
     started = state.step
     clock, timings = Stopwatch(device=state.latents.device), {"first step": 0.0, "steps": 0.0}
-    with installed(session=session):
+    with run_hooks(session=session) as recorder:
         while state.step < config.steps:
-            record, names = _step(session=session, state=state)
+            record, names = _step(session=session, state=state, recorder=recorder)
             if state.step == started + 1:
                 timings["first step"] = clock.lap()
             pending.append(record)
@@ -383,7 +379,7 @@ def optimise(
                         on_step(first + index, terms)
                 pending.clear()
             if checkpoint is not None and due:
-                save_checkpoint(session=session, state=state, path=checkpoint)
+                save_checkpoint(checkpoint=_snapshot(session=session, state=state), path=checkpoint)
             if signum:
                 where = (f"checkpoint saved to {checkpoint}; run the same command with --resume to continue"
                          if checkpoint is not None else "no checkpoint was written")

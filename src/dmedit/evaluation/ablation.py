@@ -1,5 +1,5 @@
 """`dmedit ablate`: the full method and the paper's three ablations (Table 3: without the mask,
-without S-SSM, without T-SSM) on one clip with one seed, each run through pipeline.run_edit with
+without S-SSM, without T-SSM) on one clip with one seed, each run through runs.pipeline.run_edit with
 the models loaded once, then scored (evaluation.py) and tabulated.
 
 OUT_DIR receives each run's bundle (full.mp4, no-mask.mp4, no-s-ssm.mp4, no-t-ssm.mp4 with their
@@ -11,7 +11,6 @@ four results side by side, labelled). Every file is written under a temporary na
 from __future__ import annotations
 
 import dataclasses
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,16 @@ import numpy as np
 
 from dmedit.core.console import Reporter
 from dmedit.core.errors import UsageError
-from dmedit.evaluation.scoring import EvalRequest, evaluate
-from dmedit.models.scorers.choice import Scorers
+from dmedit.core.files import write_json, write_text
+from dmedit.evaluation.compare import EvalRequest
+from dmedit.evaluation.metric_report import markdown_table, plot_curves
 from dmedit.evaluation.metric_types import Metric
+from dmedit.evaluation.scoring import evaluate
+from dmedit.media.fit import side_by_side
+from dmedit.media.video import probe, read_frames, select_span, write_video
+from dmedit.models.model_cache import ModelCache
+from dmedit.models.scorers.choice import Scorers
+from dmedit.runs.pipeline import run_edit, run_mask_preview
 from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
 
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -74,8 +80,6 @@ def _check_request(*, request: AblationRequest) -> None:
 
 def _shared_mask(*, request: AblationRequest, reporter: Reporter) -> RunRequest:
     """The run request with a mask file every variant uses: the user's, or one detected once here."""
-    from dmedit.runs.pipeline import run_mask_preview
-
     base = request.run
     if base.mask.source is not None:
         return base
@@ -94,11 +98,6 @@ def _variant(*, base: RunRequest, request: AblationRequest, name: str, changes: 
 
 def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
     """Run the four variants, score them, write the table files; returns the Markdown table."""
-    from dmedit.evaluation.metric_report import markdown_table, plot_curves
-    from dmedit.models.model_cache import ModelCache
-    from dmedit.runs.pipeline import run_edit
-    from dmedit.runs.report import write_json
-
     _check_request(request=request)
     request.out_dir.mkdir(parents=True, exist_ok=True)
     base = _shared_mask(request=request, reporter=reporter)
@@ -122,7 +121,7 @@ def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
     write_json(path=request.out_dir / "ablation.json", data={
         "video": str(base.video), "src": base.src, "tgt": base.tgt, "model": base.model.name,
         "seed": base.edit.seed, "mask": base.mask.source, "scorers": request.scorers.to_text(), "runs": records})
-    _write_text(path=request.out_dir / "ablation.md", text=_markdown_document(base=base, table=table))
+    write_text(path=request.out_dir / "ablation.md", text=_markdown_document(base=base, table=table))
     plot_curves(path=request.out_dir / "ablation.png", series=scores)
     _write_side_by_side(request=request)
     return table
@@ -132,15 +131,6 @@ def _markdown_document(*, base: RunRequest, table: str) -> str:
     return (f"# Ablation: {base.video.name}, {base.src!r} -> {base.tgt!r}\n\n"
             f"Model `{base.model.name}`, seed {base.edit.seed}, mask `{base.mask.source}`; one run per row "
             "(the paper's Table 3: the full method, then without the mask, S-SSM or T-SSM).\n\n" + table)
-
-
-def _write_text(*, path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def labelled(*, frames: np.ndarray, label: str) -> np.ndarray:
@@ -156,9 +146,6 @@ def labelled(*, frames: np.ndarray, label: str) -> np.ndarray:
 
 def _write_side_by_side(*, request: AblationRequest) -> None:
     """ablation.mp4: the four results left to right, each under its label, at the full run's rate."""
-    from dmedit.media.fit import side_by_side
-    from dmedit.media.video import probe, read_frames, select_span, write_video
-
     panels, fps = [], None
     for name, label, _ in VARIANTS:
         info = probe(path=request.out_dir / f"{name}.mp4")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from dmedit.evaluation.metric_types import Metric
-from dmedit.runs.report import write_png
+from dmedit.media.images import write_png
 
 COLOURS = ((40, 40, 220), (40, 160, 40), (200, 90, 20), (150, 40, 170), (20, 150, 170), (90, 90, 90))  # BGR
 PANEL_WIDTH, PANEL_HEIGHT = 720, 150

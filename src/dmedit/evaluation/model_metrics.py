@@ -42,14 +42,15 @@ import numpy as np
 
 from dmedit.core.errors import InputError, ModelError, UsageError
 from dmedit.evaluation.metric_types import Metric
+from dmedit.core.config import ScorerEntry
+from dmedit.models.hub import resolve_weights
+from dmedit.models.model_cache import ModelCache
+from dmedit.models.registry import Registry
+from dmedit.models.scorers import ROLES
 from dmedit.models.scorers.choice import DEFAULT_SCORERS
 
 if TYPE_CHECKING:
     import torch
-
-    from dmedit.core.config import ScorerEntry
-    from dmedit.models.model_cache import ModelCache
-    from dmedit.models.registry import Registry
 
 METRIC_ROLES = {"text_align": "clip", "frame_con": "clip", "frame_lpips": "lpips", "motion_fidelity": "tracker"}
 CLIP_S_WEIGHT = 2.5
@@ -64,9 +65,9 @@ def model_metric_names() -> tuple[str, ...]:
 
 
 def score_with_models(
-    *, source: np.ndarray, edited: np.ndarray, target_text: str | None, registry: "Registry",
+    *, source: np.ndarray, edited: np.ndarray, target_text: str | None, registry: Registry,
     device: "torch.device", scorers: Mapping[str, str] | None = None, metrics: Collection[str] | None = None,
-    models: "ModelCache | None" = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Metric]:
     """Score an edit with the model-based metrics (see the module docstring for each one); `models`
     keeps the loaded scorers for later calls (None: loaded for this call alone)."""
@@ -74,8 +75,6 @@ def score_with_models(
     wanted = _wanted_metrics(metrics=metrics, target_text=target_text, frames=len(edited))
     entries = _scorer_entries(registry=registry, scorers=scorers, roles={METRIC_ROLES[name] for name in wanted})
     folders = {role: _weights_folder(entry=entry) for role, entry in entries.items()}
-    from dmedit.models.model_cache import ModelCache
-
     models = models if models is not None else ModelCache()
     loaded = {role: models.scorer(entry=entries[role], folder=folders[role], device=device) for role in entries}
     results: dict[str, Metric] = {}
@@ -103,7 +102,7 @@ def score_with_models(
 
 
 def check_scorer_weights(
-    *, registry: "Registry", scorers: Mapping[str, str] | None = None, metrics: Collection[str] | None = None,
+    *, registry: Registry, scorers: Mapping[str, str] | None = None, metrics: Collection[str] | None = None,
 ) -> None:
     """Without loading anything: the scorer entries `metrics` (None: all four) need exist, fit their roles
     and have their weights here (builder entries are built); UsageError / ModelError as score_with_models."""
@@ -181,10 +180,8 @@ def _wanted_metrics(*, metrics: Collection[str] | None, target_text: str | None,
     return names
 
 
-def _scorer_entries(*, registry: "Registry", scorers: Mapping[str, str] | None,
-                    roles: set[str]) -> dict[str, "ScorerEntry"]:
-    from dmedit.models.scorers import ROLES
-
+def _scorer_entries(*, registry: Registry, scorers: Mapping[str, str] | None,
+                    roles: set[str]) -> dict[str, ScorerEntry]:
     chosen = {**DEFAULT_SCORERS, **(scorers or {})}
     unknown = sorted(set(chosen) - set(DEFAULT_SCORERS))
     if unknown:
@@ -199,9 +196,7 @@ def _scorer_entries(*, registry: "Registry", scorers: Mapping[str, str] | None,
     return entries
 
 
-def _weights_folder(*, entry: "ScorerEntry"):
-    from dmedit.models.hub import resolve_weights
-
+def _weights_folder(*, entry: ScorerEntry):
     try:
         return resolve_weights(entry=entry)
     except ModelError as error:

@@ -1,246 +1,49 @@
-"""Scoring an edit: which frames are compared (EDITED's run report, --start/--frames, or the shorter
-video), at which size, under which mask; the weight-free metrics (metrics.py, flow_metrics.py) and
-the model-based ones (model_metrics.py); the record written to JSON. Used by `dmedit eval`,
-`dmedit run --eval` (pipeline) and `dmedit ablate` (ablation.py).
-
-Rules a user sees:
-- Span: EDITED's run report (OUT.json beside OUT.mp4) names the source frames it edited; without
-  one, --start/--frames select source frames as in `run` (default: as many as EDITED holds); with
-  neither, the first frames of both, as many as the shorter video has. EDITED's frames are its
-  own first frames, or the same frames when it is as long as the source.
-- Size: a run written at the model's size (--out-size model) is compared with the source fitted
-  the same way (the report's fit); a padded odd size is cropped back; otherwise an edit of
-  another size with the same aspect ratio (within 2%) is resized to the source's size.
-- Mask (True = the object): --mask as in `run`, else the run report's mask file; grown by the
-  run's --feather (the composite's soft edge). Without one the outside-mask metrics use every
-  pixel and say so.
+"""Scoring an edit: the weight-free metrics (metrics.py, flow_metrics.py) and the model-based ones
+(model_metrics.py) of the frames `compare` aligned, and the record written to JSON. Used by
+`dmedit eval` (`evaluate`), `dmedit ablate` (ablation.py) and `dmedit run --eval` (`RunScores`,
+an extra of the run's bundle, given the finished clip as plain data).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import cv2
 import numpy as np
 
-from dmedit.core.errors import InputError, UsageError
+from dmedit.core.config import ModelEntry
+from dmedit.evaluation.compare import Compared, EvalRequest, load_compared
+from dmedit.evaluation.flow_metrics import flow_metrics
+from dmedit.evaluation.metric_report import plot_curves
 from dmedit.evaluation.metric_types import Metric
+from dmedit.evaluation.metrics import motion_fidelity, psnr_outside_mask, ssim_outside_mask
+from dmedit.evaluation.model_metrics import check_scorer_weights, score_with_models
+from dmedit.models.backends import resolve_device
+from dmedit.models.model_cache import ModelCache
+from dmedit.models.registry import Registry, load_registry
 from dmedit.models.scorers.choice import Scorers
-from dmedit.runs.settings import MaskSettings, SpanSettings
+from dmedit.runs.extras import FinishedClip, RunExtra
+from dmedit.runs.outputs import companion
+from dmedit.runs.settings import RunRequest
 
 if TYPE_CHECKING:
     import torch
 
-    from dmedit.models.model_cache import ModelCache
-    from dmedit.runs.pipeline import RunContext
-    from dmedit.models.registry import Registry
-    from dmedit.media.video import VideoInfo
 
-ASPECT_TOLERANCE = 0.02
-
-
-def check_scorers(*, registry: "Registry", scorers: Scorers) -> None:
+def check_scorers(*, registry: Registry, scorers: Scorers) -> None:
     """Before any frame is decoded: every scorer entry the model-based metrics use exists and its
     weights are here (a builder entry is built); UsageError / ModelError (with the `dmedit models
     pull` hint) otherwise. Nothing loads."""
-    from dmedit.evaluation.model_metrics import check_scorer_weights
-
     if scorers.enabled:
         check_scorer_weights(registry=registry, scorers=scorers.mapping())
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """What `dmedit eval` was asked: the two videos, the target text (None: the run report's --tgt),
-    the mask (None: the run report's; 'full'; or a mask file), the span flags, and the models."""
-
-    source: Path
-    edited: Path
-    target_text: str | None = None
-    mask: str | None = None
-    start: str | None = None
-    frames: int | Literal["all"] | str | None = None
-    registry: Path | None = None
-    device: str = "auto"
-    scorers: Scorers = field(default_factory=Scorers)
-
-    def __post_init__(self) -> None:
-        span = SpanSettings(start=self.start, frames=self.frames)  # the same checks as `run`
-        object.__setattr__(self, "frames", span.frames)
-        if self.target_text is not None and not self.target_text.strip():
-            raise UsageError("--tgt is empty: describe what the edit shows, e.g. --tgt 'a parrot'")
-
-
-@dataclass(frozen=True, eq=False)
-class Compared:
-    """The frames compared: source and edited (F,H,W,3) uint8 of equal shape, the mask (F,H,W) bool
-    (True = object) or None, the source frame indices, where the span came from ("report", "flags",
-    "shorter"), the target text, and notes for the user."""
-
-    source: np.ndarray
-    edited: np.ndarray
-    mask: np.ndarray | None
-    indices: tuple[int, ...]
-    span_from: str
-    target_text: str | None = None
-    mask_from: str = "none"
-    notes: tuple[str, ...] = ()
-
-
-def read_run_report(*, edited: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """EDITED's run report (OUT.json beside OUT.mp4) and a note when a file there is not one."""
-    path = edited.with_name(f"{edited.stem}.json")
-    if not path.is_file():
-        return None, None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        report = None
-    if not isinstance(report, dict) or not all(isinstance(report.get(key), dict) for key in ("span", "input")):
-        return None, f"{path} is not a dmedit run report; ignored"
-    return report, None
-
-
-def _all_frames(*, info: "VideoInfo", count: int | None = None):
-    from dmedit.media.video import select_span
-
-    return select_span(info=info, start=None, frames=count or info.frame_count)
-
-
-def _report_span(*, report: dict[str, Any], info: "VideoInfo", edited: Path):
-    from dmedit.media.video import Span
-
-    facts = report["input"]
-    if (facts["width"], facts["height"], facts["frame_count"]) != (info.width, info.height, info.frame_count):
-        raise InputError(f"{edited}: its run report was made from a {facts['width']}x{facts['height']} video of "
-                         f"{facts['frame_count']} frames ({facts.get('path')}), not {info.display_path}; "
-                         "pass the source it was made from")
-    span = report["span"]
-    return Span(indices=tuple(int(i) for i in span["indices"]), fps=Fraction(span["fps"]),
-                start_time=float(span["start_time"]), duration=float(span["duration"]))
-
-
-def _spans(*, request: EvalRequest, report: dict | None, source: "VideoInfo", edited: "VideoInfo", notes: list):
-    """(source span, edited span, where the source span came from)."""
-    from dmedit.media.video import select_span
-
-    if report is not None:
-        if request.start is not None or request.frames is not None:
-            notes.append("--start/--frames ignored: EDITED's run report gives the span")
-        span = _report_span(report=report, info=source, edited=request.edited)
-        if edited.frame_count != len(span.indices):
-            raise InputError(f"{request.edited}: has {edited.frame_count} frames, its run report "
-                             f"{len(span.indices)}; the video or the report was changed")
-        return span, _all_frames(info=edited), "report"
-    if request.start is None and request.frames is None:
-        count = min(source.frame_count, edited.frame_count)
-        return _all_frames(info=source, count=count), _all_frames(info=edited, count=count), "shorter"
-    whole = edited.frame_count == source.frame_count
-    frames = None if request.frames == "all" else request.frames
-    if frames is None and not whole:
-        frames = min(edited.frame_count, len(select_span(info=source, start=request.start, frames=None).indices))
-    span = select_span(info=source, start=request.start, frames=frames)
-    if whole:
-        return span, span, "flags"
-    if len(span.indices) > edited.frame_count:
-        raise InputError(f"{request.edited}: has {edited.frame_count} frames, fewer than the {len(span.indices)} "
-                         "selected with --start/--frames")
-    return span, _all_frames(info=edited, count=len(span.indices)), "flags"
-
-
-def _fit_mapping(report: dict | None):
-    """The report's fit when the run wrote model-size frames (--out-size model), else None."""
-    from dmedit.media.fit import FitMapping
-
-    if report is None or report.get("options", {}).get("output", {}).get("size") != "model":
-        return None
-    fit = report["fit"]
-    return FitMapping(**{**fit, "source_box": tuple(fit["source_box"]), "model_box": tuple(fit["model_box"])})
-
-
-def _same_size(*, source: np.ndarray, edited: np.ndarray, report: dict | None, path: Path, notes: list) -> np.ndarray:
-    """Edited frames at the source frames' size (a padded odd size cropped back, else resized)."""
-    height, width = source.shape[1:3]
-    written = (report or {}).get("written", {})
-    if written.get("padded") and edited.shape[1:3] != (height, width):
-        edited = edited[:, : written["source_height"], : written["source_width"]]
-    if edited.shape[1:3] == (height, width):
-        return edited
-    got_height, got_width = edited.shape[1:3]
-    if abs(got_width * height - width * got_height) > ASPECT_TOLERANCE * width * got_height:
-        raise InputError(f"{path}: is {got_width}x{got_height}, the source's span {width}x{height}; "
-                         "videos of different aspect ratios cannot be compared")
-    notes.append(f"{path} is {got_width}x{got_height}: resized to the source's {width}x{height}")
-    interpolation = cv2.INTER_AREA if got_width > width else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in edited])
-
-
-def _mask(*, request: EvalRequest, report: dict | None, indices: tuple[int, ...], shape: tuple[int, int, int],
-          notes: list) -> tuple[np.ndarray | None, str]:
-    """(F,H,W) bool at source size grown by the run's feather, and where it came from."""
-    from dmedit.masks.files import load_user_masks
-    from dmedit.masks.regions import feather_masks
-
-    options = (report or {}).get("options", {}).get("mask", {})
-    source, origin = request.mask, "--mask"
-    if source is None and report is not None:
-        source, origin = options.get("source"), "the run report"
-        if source is None:
-            notes.append("the run's mask was detected and not saved: pass --mask (e.g. the OUT.masks folder of "
-                         "`dmedit mask`) to score outside it; the outside-mask metrics use every pixel")
-        elif source != "full" and not Path(source).exists():
-            notes.append(f"the run report's mask {source} is gone; the outside-mask metrics use every pixel")
-            source = None
-    if source is None or source == "full":
-        return None, "full" if source == "full" else "none"
-    frames, height, width = shape
-    masks = load_user_masks(path=Path(source), frames=frames, width=width, height=height, span_indices=indices)
-    feather = float(options.get("feather", MaskSettings.feather))
-    return feather_masks(masks=masks, pixels=feather) > 0, f"{origin}: {source}"
-
-
-def load_compared(*, request: EvalRequest) -> Compared:
-    """Read and align the frames `request` compares (see the module's rules); InputError/UsageError
-    for videos or reports that do not go together."""
-    from dmedit.media import video as videos
-    from dmedit.media.fit import apply_fit, masks_to_model
-
-    notes: list[str] = []
-    report, note = read_run_report(edited=request.edited)
-    notes += [note] if note else []
-    with videos.readable_input(path=request.source) as source_path, \
-            videos.readable_input(path=request.edited) as edited_path:
-        source_info = videos.probe(path=source_path, shown_as=request.source)
-        edited_info = videos.probe(path=edited_path, shown_as=request.edited)
-        source_span, edited_span, span_from = _spans(request=request, report=report, source=source_info,
-                                                     edited=edited_info, notes=notes)
-        source = videos.read_frames(info=source_info, span=source_span)
-        edited = videos.read_frames(info=edited_info, span=edited_span)
-    mask, mask_from = _mask(request=request, report=report, indices=source_span.indices, shape=source.shape[:3],
-                            notes=notes)
-    mapping = _fit_mapping(report)
-    if mapping is not None and edited.shape[1:3] == (mapping.model_height, mapping.model_width):
-        source = apply_fit(frames=source, mapping=mapping)
-        mask = None if mask is None else masks_to_model(masks=mask.astype(np.float32), mapping=mapping) > 0
-        notes.append("compared at the model's size (the run wrote --out-size model)")
-    edited = _same_size(source=source, edited=edited, report=report, path=request.edited, notes=notes)
-    target = request.target_text or (report or {}).get("options", {}).get("tgt")
-    return Compared(source=source, edited=edited, mask=mask, indices=source_span.indices, span_from=span_from,
-                    target_text=target, mask_from=mask_from, notes=tuple(notes))
 
 
 def weight_free_metrics(*, source: np.ndarray, edited: np.ndarray, mask: np.ndarray | None) -> dict[str, Metric]:
     """Every weight-free metric of (F,H,W,3) source and edited under an (F,H,W) bool mask; the motion
     ones need F >= 2, the outside-mask ones a pixel outside the mask."""
-    from dmedit.evaluation.flow_metrics import flow_metrics
-    from dmedit.evaluation.metrics import motion_fidelity, psnr_outside_mask, ssim_outside_mask
-
     found: list[Metric | None] = []
     if len(source) >= 2:
         found += [motion_fidelity(source=source, edited=edited),
@@ -250,14 +53,12 @@ def weight_free_metrics(*, source: np.ndarray, edited: np.ndarray, mask: np.ndar
     return {metric.name: metric for metric in found if metric is not None}
 
 
-def score(*, compared: Compared, scorers: Scorers, registry: "Registry | None", device: "torch.device | None",
-          models: "ModelCache | None" = None) -> dict[str, Metric]:
+def score(*, compared: Compared, scorers: Scorers, registry: Registry | None, device: "torch.device | None",
+          models: ModelCache | None = None) -> dict[str, Metric]:
     """The model-based metrics (when `scorers.enabled`; model_metrics.py, their models kept in
     `models`) then the weight-free ones."""
     scores: dict[str, Metric] = {}
     if scorers.enabled:
-        from dmedit.evaluation.model_metrics import score_with_models
-
         scores.update(score_with_models(source=compared.source, edited=compared.edited,
                                         target_text=compared.target_text, registry=registry, device=device,
                                         scorers=scorers.mapping(), models=models))
@@ -291,14 +92,11 @@ def eval_record(*, compared: Compared, metrics: Mapping[str, Metric], scorers: S
     })
 
 
-def evaluate(*, request: EvalRequest, models: "ModelCache | None" = None) -> tuple[dict[str, Metric], dict[str, Any]]:
+def evaluate(*, request: EvalRequest, models: ModelCache | None = None) -> tuple[dict[str, Metric], dict[str, Any]]:
     """`dmedit eval`: the metrics and their JSON record for the request (scorers kept in `models`)."""
     started = time.perf_counter()
     registry, device = None, None
     if request.scorers.enabled:
-        from dmedit.models.backends import resolve_device
-        from dmedit.models.registry import load_registry
-
         registry, device = load_registry(registry_file=request.registry), resolve_device(name=request.device)
         check_scorers(registry=registry, scorers=request.scorers)
     compared = load_compared(request=request)
@@ -307,25 +105,29 @@ def evaluate(*, request: EvalRequest, models: "ModelCache | None" = None) -> tup
                                 seconds=time.perf_counter() - started)
 
 
-def evaluate_run(*, run: "RunContext", edited: np.ndarray, curves: Path | None = None) -> dict[str, Any]:
-    """`dmedit run --eval`: score the run's written frames (F,H,W,3) against its source frames under
-    its mask (grown by --feather), and draw the per-frame curves to `curves`; the report's record."""
-    from dmedit.media.fit import apply_fit, masks_to_model
-    from dmedit.evaluation.metric_report import plot_curves
+@dataclass(frozen=True)
+class RunScores:
+    """`dmedit run --eval` as an extra of the run's bundle (runs.extras.RunExtra): its scorers'
+    weights checked at plan time; the finished clip scored into the report's `eval` key, with the
+    per-frame curves in OUT.eval.png."""
 
-    started = time.perf_counter()
-    plan = run.plan
-    source, mask, origin = run.source, None, run.mask.origin
-    if origin != "full":
-        mask = run.mask.feathered(pixels=plan.request.mask.feather) > 0
-    if edited.shape != source.shape:  # --out-size model
-        source = apply_fit(frames=source, mapping=run.mask.mapping)
-        mask = None if mask is None else masks_to_model(masks=mask.astype(np.float32), mapping=run.mask.mapping) > 0
-    compared = Compared(source=source, edited=edited, mask=mask, indices=plan.span.indices, span_from="run",
-                        target_text=plan.request.tgt, mask_from=origin)
-    scorers = plan.request.output.scorers
-    metrics = score(compared=compared, scorers=scorers, registry=plan.registry, device=plan.device,
-                    models=plan.models)
-    if curves is not None:
-        plot_curves(path=curves, series={"edit": metrics})
-    return eval_record(compared=compared, metrics=metrics, scorers=scorers, seconds=time.perf_counter() - started)
+    scorers: Scorers
+
+    def check(self, *, request: RunRequest, entry: ModelEntry, registry: Registry, device: "torch.device") -> None:
+        check_scorers(registry=registry, scorers=self.scorers)
+
+    def write(self, *, clip: FinishedClip, folder: Path, output: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        compared = Compared(source=clip.source, edited=clip.edited, mask=clip.mask, indices=clip.indices,
+                            span_from="run", target_text=clip.target_text, mask_from=clip.mask_origin)
+        metrics = score(compared=compared, scorers=self.scorers, registry=clip.registry, device=clip.device,
+                        models=clip.models)
+        plot_curves(path=folder / companion(output=output, suffix=".eval.png").name, series={"edit": metrics})
+        record = eval_record(compared=compared, metrics=metrics, scorers=self.scorers,
+                             seconds=time.perf_counter() - started)
+        return {"eval": record}
+
+
+def run_extras(*, request: RunRequest) -> tuple[RunExtra, ...]:
+    """What a `dmedit run` request adds to its bundle: its scores with --eval."""
+    return (RunScores(scorers=request.output.scorers),) if request.output.eval else ()

@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 from dmedit.core.errors import InputError, UsageError
+from dmedit.media.decode import display_matrix, orientation, upright
+from dmedit.media.ffmpeg_log import quiet_ffmpeg
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPAN_FILE = "span.json"
@@ -150,10 +152,7 @@ def _read_image_mask(*, path: Path) -> np.ndarray:
 def _read_video_mask(*, path: Path) -> np.ndarray:
     """A mask video -> (T,h,w) uint8 {0,1} at its native size, upright as players show it (its
     display matrix applied, like the video frames), every frame decoded to RGB (PyAV)."""
-    import av
-
-    from dmedit.media.decode import display_matrix, orientation, upright
-    from dmedit.media.ffmpeg_log import quiet_ffmpeg
+    import av  # PyAV is heavy: only mask videos need it
 
     masks: list[np.ndarray] = []
     unclear = np.zeros(2, dtype=np.int64)

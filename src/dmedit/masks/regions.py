@@ -18,7 +18,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -27,11 +27,8 @@ import torch.nn.functional as F
 
 from dmedit.core.errors import InputError, UsageError
 from dmedit.media.fit import FitMapping, masks_to_model
+from dmedit.models.backends.base import Box, BoxDetector, Detection
 
-if TYPE_CHECKING:
-    from dmedit.models.backends.grounding_dino import Detection, DetectionRun
-
-Box = tuple[float, float, float, float]
 FrameBoxes = list[Box]
 
 DEFAULT_DILATION = 0.05
@@ -40,18 +37,12 @@ PREVIEW_ALPHA = 0.4
 MASK_ORIGINS = ("detected", "full", "file")
 
 
-class BoxDetector(Protocol):
-    def run(
-        self, *, frames: np.ndarray, prompt: str, box_threshold: float, text_threshold: float
-    ) -> "DetectionRun": ...
-
-
 @dataclass(frozen=True)
 class MaskResult:
     """Detector masks: final boxes per frame (filled, smoothed, dilated), raw detections, (T,H,W) masks."""
 
     boxes: list[FrameBoxes]
-    detections: list[list["Detection"]]
+    detections: list[list[Detection]]
     masks: np.ndarray
     best_score: float
 
@@ -305,7 +296,7 @@ def detect_masks(
 
 
 def draw_preview(
-    *, frames: np.ndarray, masks: np.ndarray, detections: Sequence[Sequence["Detection"]] | None
+    *, frames: np.ndarray, masks: np.ndarray, detections: Sequence[Sequence[Detection]] | None
 ) -> np.ndarray:
     """(T,H,W,3) uint8 frames + (T,H,W) masks -> (T,H,W,3) uint8: the mask tinted green, detector
     boxes outlined with "label score"."""

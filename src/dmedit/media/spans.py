@@ -19,15 +19,27 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Sequence
+from pathlib import Path
+from typing import Protocol, Sequence
 
 from dmedit.core.errors import InputError, UsageError
 
-if TYPE_CHECKING:
-    from dmedit.media.video import VideoInfo
-
 SAME_RATE_TOLERANCE = Fraction(1, 100)
 _START_PATTERN = re.compile(r"^(?P<number>\d+\.?\d*|\.\d+)(?P<unit>s?)$")
+
+
+class VideoInfo(Protocol):
+    """What span selection reads of a probed video (video.VideoInfo has it): the exact average
+    rate, the frame count, whether the rate varies, each frame's time, the name to show."""
+
+    fps: Fraction
+    frame_count: int
+    variable_rate: bool
+
+    @property
+    def display_path(self) -> Path: ...
+
+    def frame_times(self) -> tuple[float, ...] | None: ...
 
 
 def rate_fields(rate: Fraction) -> dict:
@@ -99,7 +111,7 @@ def _start_frame(*, start: str | None, fps: Fraction, times: Sequence[float] | N
     return _round_half_up(Fraction(number) * fps)
 
 
-def _sampling_rate(*, fps: float, info: "VideoInfo") -> Fraction:
+def _sampling_rate(*, fps: float, info: VideoInfo) -> Fraction:
     if not fps > 0:
         raise UsageError(f"--fps must be positive, got {fps}")
     rate = Fraction(fps).limit_denominator(1001)
@@ -110,7 +122,7 @@ def _sampling_rate(*, fps: float, info: "VideoInfo") -> Fraction:
     return rate
 
 
-def _sampled_indices(*, first: int, frames: int, rate: Fraction, info: "VideoInfo",
+def _sampled_indices(*, first: int, frames: int, rate: Fraction, info: VideoInfo,
                      times: Sequence[float] | None) -> tuple[int, ...]:
     """`frames` indices from `first` at `rate`: by frame count (constant rate) or by time (variable)."""
     if times is None:
@@ -122,7 +134,7 @@ def _sampled_indices(*, first: int, frames: int, rate: Fraction, info: "VideoInf
 
 
 def select_span(
-    *, info: "VideoInfo", start: str | None, frames: int | None, stride: int | None = None,
+    *, info: VideoInfo, start: str | None, frames: int | None, stride: int | None = None,
     fps: float | None = None,
 ) -> Span:
     """Pick `frames` source frame indices from `start`, every `stride`-th or sampled at `fps`;
@@ -160,7 +172,7 @@ def select_span(
     return _kept_timing(indices=indices, times=times, fps=info.fps)
 
 
-def _frames_to_the_end(*, info: "VideoInfo", start: str | None, stride: int | None, fps: float | None) -> int:
+def _frames_to_the_end(*, info: VideoInfo, start: str | None, stride: int | None, fps: float | None) -> int:
     """How many frames the span can hold from `start` to the last frame at this stride or rate."""
     times = info.frame_times() if info.variable_rate else None
     first = _start_frame(start=start, fps=info.fps, times=times)

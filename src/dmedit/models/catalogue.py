@@ -7,11 +7,11 @@ from pathlib import Path
 
 from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry
 from dmedit.core.errors import UsageError
+from dmedit.models.hub import pull, weights_present
+from dmedit.models.registry import Registry, load_registry
 
 
-def _registry(registry_file: Path | None):
-    from dmedit.models.registry import load_registry
-
+def _registry(registry_file: Path | None) -> Registry:
     return load_registry(registry_file=registry_file)
 
 
@@ -36,8 +36,6 @@ def _where(entry: ModelEntry | DetectorEntry | ScorerEntry) -> str:
 
 def model_rows(*, registry_file: Path | None) -> list[str]:
     """One header and one line per entry: name, family, resolution, frames, weights present, source."""
-    from dmedit.models.hub import weights_present
-
     registry = _registry(registry_file)
     rows = [f"{'name':22} {'family':15} {'size':9} {'frames':8} {'weights':8} source"]
     for entry in registry.models.values():
@@ -55,8 +53,6 @@ def model_rows(*, registry_file: Path | None) -> list[str]:
 
 def describe_entry(*, name: str, registry_file: Path | None) -> str:
     """Every field of one entry, then where its weights are and whether they are present."""
-    from dmedit.models.hub import weights_present
-
     entry = _find(name=name, registry_file=registry_file)
     kind = "model" if isinstance(entry, ModelEntry) else "scorer" if isinstance(entry, ScorerEntry) else "detector"
     lines = [f"{'kind':16} {kind}"]
@@ -72,8 +68,6 @@ def describe_entry(*, name: str, registry_file: Path | None) -> str:
 
 
 def pull_entry(*, name: str, registry_file: Path | None) -> Path:
-    from dmedit.models.hub import pull
-
     entry = _find(name=name, registry_file=registry_file)
     if entry.path and not entry.builder:
         raise UsageError(f"model {name!r} is a local folder ({entry.path}); there is nothing to pull")

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
-if TYPE_CHECKING:
+from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry
+from dmedit.models.backends import load_backend, load_detector
+from dmedit.models.scorers import load_scorer
+
+if TYPE_CHECKING:  # torch is imported when a model loads, not with the registry
     import torch
 
-    from dmedit.models.backends.base import VideoBackend
-    from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry
-    from dmedit.masks.regions import BoxDetector
+    from dmedit.models.backends.base import BoxDetector, VideoBackend
 
 
 @dataclass
@@ -34,28 +36,22 @@ class ModelCache:
         return self.loaded[key]
 
     def backend(
-        self, *, entry: "ModelEntry", folder: Path, device: "torch.device", dtype: "torch.dtype", vae_chunk: int,
+        self, *, entry: ModelEntry, folder: Path, device: "torch.device", dtype: "torch.dtype", vae_chunk: int,
         offload: bool,
     ) -> "VideoBackend":
         """The entry's video backend from `folder` (backends.load_backend), loaded once."""
-        from dmedit.models.backends import load_backend
-
         key = ("video", entry.name, entry.family, entry.variant, entry.vae_fp32, str(folder), str(device), str(dtype),
                vae_chunk, offload)
         return self._get(key=key, load=lambda: load_backend(entry=entry, folder=folder, device=device, dtype=dtype,
                                                            vae_chunk=vae_chunk, offload=offload))
 
-    def detector(self, *, entry: "DetectorEntry", folder: Path, device: "torch.device") -> "BoxDetector":
+    def detector(self, *, entry: DetectorEntry, folder: Path, device: "torch.device") -> "BoxDetector":
         """The detector entry's model from `folder` (backends.load_detector), loaded once."""
-        from dmedit.models.backends import load_detector
-
         key = ("detector", entry.name, entry.family, str(folder), str(device))
         return self._get(key=key, load=lambda: load_detector(entry=entry, folder=folder, device=device))
 
-    def scorer(self, *, entry: "ScorerEntry", folder: Path, device: "torch.device") -> Any:
+    def scorer(self, *, entry: ScorerEntry, folder: Path, device: "torch.device") -> Any:
         """The scorer entry's model (CLIP, LPIPS, tracker) from `folder` (scorers.load_scorer), loaded once."""
-        from dmedit.models.scorers import load_scorer
-
         key = ("scorer", entry.name, entry.family, str(folder), str(device))
         return self._get(key=key, load=lambda: load_scorer(entry=entry, folder=folder, device=device))
 

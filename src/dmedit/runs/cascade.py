@@ -1,21 +1,21 @@
 """Cascaded models (Show-1): the keyframes are edited, then the cascade's later stages run unchanged.
 
-`dmedit run --model show1` (an entry with `stages`, backends.CASCADES) goes, after pipeline._plan
-(whose weights come from `cascade_weights`: every stage it will run must be on this machine):
+`dmedit run --model show1` (an entry with `stages`, backends.CASCADES); `check_cascade` refuses at
+plan time what cannot run (a stage entry, cascade options for another model, a stage whose weights
+are not on this machine), then `edit_cascade` goes:
 
     keyframe plan: the keyframe size (--keyframe-size, else the entry's width/height), the
         editor's temporal windows off (it sees KEYFRAMES frames, one window)
-    context of the whole span (source frames, masks at source size, the fit mapping at the
+    the source clip of the whole span (source frames, masks at source size, the fit mapping at the
         keyframe size) -> KEYFRAMES keyframes sampled evenly from the span
-    optimise (pipeline's, the editor unchanged, on the keyframe U-Net in pixel space) with its own
-        ModelCache, so the keyframe backend (its cached T5 embeddings) is found and then freed
+    the optimisation stage (runs.optimise, the engine unchanged, on the keyframe U-Net in pixel
+        space) with its own ModelCache, so the keyframe backend is freed before the stages
     the stages up to --stop-after (interpolation, sr1, sr2), each loaded when it runs and freed
         after it; each is a reporter stage (time in the report's timings) and a record in the
         report's `stages` (frames, size, seconds)
-    the output context: the source frames and masks under the output frames (spread evenly over
-        the span), the span's duration kept (29 frames play over the span's time), and the fit
-        mapping scaled to the output size, so compositing, the compare video and the report work
-        as for any run.
+    the output: the source frames and masks under the output frames (spread evenly over the span),
+        the span's duration kept (29 frames play over the span's time), and the fit mapping scaled
+        to the output size, so compositing, the compare video and the report work as for any run.
 """
 
 from __future__ import annotations
@@ -23,22 +23,26 @@ from __future__ import annotations
 import dataclasses
 import time
 from fractions import Fraction
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import torch
 
+from dmedit.core.config import ModelEntry
+from dmedit.core.console import Reporter
 from dmedit.core.errors import ModelError, UsageError
-
-if TYPE_CHECKING:
-    from dmedit.core.config import ModelEntry
-    from dmedit.core.console import Reporter
-    from dmedit.engine.editor import EditResult
-    from dmedit.media.fit import FitMapping
-    from dmedit.masks.regions import EditMask
-    from dmedit.models.registry import Registry
-    from dmedit.runs.settings import RunRequest
-    from dmedit.media.spans import Span
+from dmedit.masks.regions import EditMask
+from dmedit.media.fit import FitMapping
+from dmedit.media.spans import Span
+from dmedit.models.backends import STAGE_FAMILIES, load_stage, resolve_dtype
+from dmedit.models.backends.show1 import free_memory
+from dmedit.models.backends.show1_stages import StagePrompt
+from dmedit.models.hub import hub_cache_dir, local_model_dir, resolve_weights
+from dmedit.models.model_cache import ModelCache
+from dmedit.models.registry import Registry
+from dmedit.runs.clip import SourceClip, read_clip
+from dmedit.runs.optimise import Edited, optimise, video_backend
+from dmedit.runs.plan import RunPlan
+from dmedit.runs.settings import RunRequest
 
 KEYFRAMES = 8
 """Keyframes Show-1 generates and its interpolation stage expects (8 -> 29 frames)."""
@@ -46,7 +50,7 @@ STAGE_NAMES = {"show1_interpolation": "interpolation", "show1_sr1": "sr1", "show
 """Stage family -> its name in --stop-after, the progress lines and the report."""
 
 
-def stages_to_run(*, entry: "ModelEntry", registry: "Registry", stop_after: str | None) -> list["ModelEntry"]:
+def stages_to_run(*, entry: ModelEntry, registry: Registry, stop_after: str | None) -> list[ModelEntry]:
     """The cascade's stage entries up to and including `stop_after` ("keyframes": none; None: all)."""
     stages = [registry.model(name) for name in entry.stages]
     names = [STAGE_NAMES[stage.family] for stage in stages]
@@ -60,13 +64,10 @@ def stages_to_run(*, entry: "ModelEntry", registry: "Registry", stop_after: str 
     return stages[: names.index(stop_after) + 1]
 
 
-def cascade_weights(*, entry: "ModelEntry", registry: "Registry", request: "RunRequest") -> Path:
-    """The entry's weights folder (hub.resolve_weights), checking a cascade whole: a ModelError names
-    every stage the run needs that is not on this machine and how to get them. A stage entry is not
-    a model to edit with (UsageError), and the cascade settings need a cascade."""
-    from dmedit.models.backends import STAGE_FAMILIES
-    from dmedit.models.hub import hub_cache_dir, local_model_dir, resolve_weights
-
+def check_cascade(*, request: RunRequest, entry: ModelEntry, registry: Registry, device: torch.device) -> None:
+    """The plan's check of a cascade (runs.plan.PlanCheck): a stage entry is not a model to edit
+    with and the cascade settings need a cascade (UsageError); a ModelError names every stage the
+    run needs that is not on this machine and how to get them."""
     if entry.family in STAGE_FAMILIES:
         users = [name for name, model in registry.models.items() if entry.name in model.stages]
         hint = f"run its cascade: --model {users[0]}" if users else "run the cascade that lists it in `stages`"
@@ -75,7 +76,7 @@ def cascade_weights(*, entry: "ModelEntry", registry: "Registry", request: "RunR
         if request.cascade.given:
             raise UsageError(f"--keyframe-size and --stop-after apply to cascaded models (show1); "
                              f"model {entry.name!r} is not one")
-        return resolve_weights(entry=entry)
+        return
     needed = [entry, *stages_to_run(entry=entry, registry=registry, stop_after=request.cascade.stop_after)]
     missing = [stage for stage in needed if local_model_dir(entry=stage) is None]
     if missing:
@@ -84,10 +85,9 @@ def cascade_weights(*, entry: "ModelEntry", registry: "Registry", request: "RunR
             f"model '{entry.name}' is not on this machine: missing {listed}. Run `dmedit models pull {entry.name}` "
             f"on a connected machine (it pulls every stage; copy the Hugging Face cache {hub_cache_dir()} here if "
             "it is another one), or set `path` for each missing entry in a registry file (--registry FILE).")
-    return resolve_weights(entry=entry)
 
 
-def _source(entry: "ModelEntry") -> str:
+def _source(entry: ModelEntry) -> str:
     return entry.path or f"{entry.repo}@{entry.revision or 'main'}"
 
 
@@ -98,7 +98,7 @@ def spread(*, frames: int, count: int) -> list[int]:
     return [(2 * j * (frames - 1) + count - 1) // (2 * (count - 1)) for j in range(count)]
 
 
-def output_span(*, span: "Span", positions: list[int]) -> "Span":
+def output_span(*, span: Span, positions: list[int]) -> Span:
     """The span of `len(positions)` output frames over the source frames at `positions` (span
     positions): the same start and duration, at a constant rate of len(positions) per duration."""
     count = len(positions)
@@ -108,7 +108,7 @@ def output_span(*, span: "Span", positions: list[int]) -> "Span":
     return dataclasses.replace(span, indices=tuple(span.indices[p] for p in positions), fps=fps, timestamps=None)
 
 
-def scaled_mapping(*, mapping: "FitMapping", width: int, height: int) -> "FitMapping":
+def scaled_mapping(*, mapping: FitMapping, width: int, height: int) -> FitMapping:
     """The fit mapping with its model frame scaled to width x height (the stages' output size)."""
     sx, sy = width / mapping.model_width, height / mapping.model_height
     x, y, box_width, box_height = mapping.model_box
@@ -116,7 +116,7 @@ def scaled_mapping(*, mapping: "FitMapping", width: int, height: int) -> "FitMap
     return dataclasses.replace(mapping, model_width=width, model_height=height, model_box=box)
 
 
-def select_frames(*, mask: "EditMask", positions: list[int], mapping: "FitMapping | None" = None) -> "EditMask":
+def select_frames(*, mask: EditMask, positions: list[int], mapping: FitMapping | None = None) -> EditMask:
     """The edit mask of the frames at `positions` (with their detections), optionally another mapping."""
     detection = mask.detection
     if detection is not None:
@@ -127,7 +127,7 @@ def select_frames(*, mask: "EditMask", positions: list[int], mapping: "FitMappin
                                detection=detection)
 
 
-def _keyframe_plan(*, plan: Any) -> Any:
+def keyframe_plan(*, plan: RunPlan) -> RunPlan:
     """The plan at the keyframe size, without temporal windows; UsageError for a span too short."""
     request, entry = plan.request, plan.entry
     if len(plan.span.indices) < KEYFRAMES:
@@ -140,49 +140,47 @@ def _keyframe_plan(*, plan: Any) -> Any:
                                config=dataclasses.replace(plan.config, window=0, window_overlap=0))
 
 
-def run_cascade(*, plan: Any, reporter: "Reporter", context: Callable[..., Any],
-                optimise: Callable[..., "EditResult"]) -> tuple[Any, "EditResult"]:
-    """Edit the keyframes and run the stages (module docstring) -> (the output context, the result
-    whose frames (F_out,3,H,W) are the last stage's). `context` and `optimise` are pipeline's."""
-    from dmedit.models.model_cache import ModelCache
+def select_clip(*, clip: SourceClip, positions: list[int], mapping: FitMapping | None = None) -> SourceClip:
+    """The clip's frames at `positions` with their masks (and detections), optionally another mapping."""
+    return dataclasses.replace(clip, frames=clip.frames[positions],
+                               mask=select_frames(mask=clip.mask, positions=positions, mapping=mapping))
 
-    plan = _keyframe_plan(plan=plan)
+
+def edit_cascade(*, plan: RunPlan, reporter: Reporter, models: ModelCache) -> Edited:
+    """Edit the keyframes and run the stages (module docstring) -> the edit whose frames
+    (F_out,3,H,W) are the last stage's, over the source frames and span under them. `models` keeps
+    the detector; the keyframe model has a cache of its own, emptied before the stages load."""
+    plan = keyframe_plan(plan=plan)
     stages = stages_to_run(entry=plan.entry, registry=plan.registry, stop_after=plan.request.cascade.stop_after)
-    run = context(plan=plan, reporter=reporter)
-    keys = spread(frames=len(run.source), count=KEYFRAMES)
-    reporter.line(f"keyframes: {KEYFRAMES} of the span's {len(run.source)} frames (positions "
-                  f"{', '.join(map(str, keys))}) at {plan.entry.height}x{plan.entry.width}")
     keyframe_models = ModelCache()
-    keyframe_run = dataclasses.replace(run, plan=dataclasses.replace(plan, models=keyframe_models),
-                                       source=run.source[keys], mask=select_frames(mask=run.mask, positions=keys))
-    result = optimise(run=keyframe_run, reporter=reporter)
-    records = [_record(name="keyframes", entry=plan.entry, frames=result.frames, seconds=None)]
-    frames = _run_stages(plan=plan, stages=stages, frames=result.frames, records=records, reporter=reporter,
-                         keyframe_models=keyframe_models)
-    positions = spread(frames=len(run.source), count=len(frames))
-    mapping = scaled_mapping(mapping=run.mask.mapping, width=frames.shape[3], height=frames.shape[2])
-    output_plan = dataclasses.replace(plan, span=output_span(span=plan.span, positions=positions))
-    output = dataclasses.replace(run, plan=output_plan, source=run.source[positions],
-                                 mask=select_frames(mask=run.mask, positions=positions, mapping=mapping))
-    output.stages.extend(records)
-    return output, dataclasses.replace(result, frames=frames)
-
-
-def _run_stages(*, plan: Any, stages: list["ModelEntry"], frames, records: list[dict], reporter: "Reporter",
-                keyframe_models: Any):
-    """Each stage loaded, run on the frames so far and freed; the keyframe backend freed first."""
-    from dmedit.models.backends import load_stage, resolve_dtype
-    from dmedit.models.backends.show1 import free_memory
-    from dmedit.models.backends.show1_stages import StagePrompt
-    from dmedit.models.hub import resolve_weights
-
+    clip = read_clip(plan=plan, reporter=reporter, models=models)
+    keys = spread(frames=len(clip.frames), count=KEYFRAMES)
+    reporter.line(f"keyframes: {KEYFRAMES} of the span's {len(clip.frames)} frames (positions "
+                  f"{', '.join(map(str, keys))}) at {plan.entry.height}x{plan.entry.width}")
+    keyframes = optimise(plan=plan, clip=select_clip(clip=clip, positions=keys), reporter=reporter,
+                         models=keyframe_models)
     prompt = StagePrompt(text=plan.request.tgt)
     if stages:
-        (backend,) = keyframe_models.loaded.values()
+        backend = video_backend(plan=plan, models=keyframe_models)
         prompt = StagePrompt(text=plan.request.tgt, embeddings=backend.encode_prompts(prompts=["", plan.request.tgt]))
         del backend
     keyframe_models.clear()
     free_memory(device=plan.device)
+    frames, records = run_stages(plan=plan, stages=stages, frames=keyframes.result.frames, prompt=prompt,
+                                 reporter=reporter)
+    positions = spread(frames=len(clip.frames), count=len(frames))
+    mapping = scaled_mapping(mapping=clip.mask.mapping, width=frames.shape[3], height=frames.shape[2])
+    return dataclasses.replace(
+        keyframes, plan=dataclasses.replace(plan, span=output_span(span=plan.span, positions=positions)),
+        clip=select_clip(clip=clip, positions=positions, mapping=mapping),
+        result=dataclasses.replace(keyframes.result, frames=frames),
+        stages=(_record(name="keyframes", entry=plan.entry, frames=keyframes.result.frames, seconds=None), *records))
+
+
+def run_stages(*, plan: RunPlan, stages: list[ModelEntry], frames: torch.Tensor, prompt: StagePrompt,
+               reporter: Reporter) -> tuple[torch.Tensor, list[dict]]:
+    """Each stage loaded, run on the frames so far and freed -> (the last frames, the stage records)."""
+    records = []
     for entry in stages:
         name = STAGE_NAMES[entry.family]
         started = time.perf_counter()
@@ -196,10 +194,10 @@ def _run_stages(*, plan: Any, stages: list["ModelEntry"], frames, records: list[
             raise ModelError(f"the {name} stage ({entry.name}) produced NaN/inf frames; nothing was written "
                              "(try --dtype fp32)")
         records.append(_record(name=name, entry=entry, frames=frames, seconds=time.perf_counter() - started))
-    return frames
+    return frames, records
 
 
-def _record(*, name: str, entry: "ModelEntry", frames, seconds: float | None) -> dict:
+def _record(*, name: str, entry: ModelEntry, frames: torch.Tensor, seconds: float | None) -> dict:
     """One stage in the report: its name, entry, output frames and size, and seconds (None: the editor's)."""
     return {"stage": name, "model": entry.name, "frames": int(frames.shape[0]), "height": int(frames.shape[2]),
             "width": int(frames.shape[3]), "seconds": None if seconds is None else round(seconds, 3)}

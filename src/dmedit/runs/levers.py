@@ -13,7 +13,8 @@ from dmedit.core.errors import UsageError
 from dmedit.engine.compilation import CompileChoice, choose_compile, use_cache_folder
 from dmedit.engine.speed import CheckpointingChoice, choose_checkpointing, free_memory_bytes, step_memory_estimate
 from dmedit.models.hub import cache_dir
-from dmedit.runs.settings import EditOverrides, ModelSettings
+from dmedit.models.registry import Registry
+from dmedit.runs.settings import EditOverrides, ModelSettings, RunRequest
 
 
 def resolve_windows(*, config: EditConfig, entry: ModelEntry, frames: int, given: EditOverrides) -> EditConfig:
@@ -48,3 +49,9 @@ def speed_choices(*, settings: ModelSettings, config: EditConfig, device: torch.
     if compile_choice.enabled:
         use_cache_folder(folder=cache_dir() / "inductor")
     return checkpointing, compile_choice
+
+
+def check_levers(*, request: RunRequest, entry: ModelEntry, registry: Registry, device: torch.device) -> None:
+    """The plan's check of the levers (runs.plan.PlanCheck): a compile mode the device cannot run
+    (--compile-mode reduce-overhead without CUDA) is refused before any frame is decoded."""
+    choose_compile(requested=request.model.compile, mode=request.model.compile_mode, device=device)

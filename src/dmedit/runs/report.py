@@ -1,26 +1,23 @@
-"""The run report (OUT.json) and the loss plot (OUT.loss.png).
-
-Both are written atomically: a temporary name in the same folder, then os.replace.
-"""
+"""The run report (OUT.json) and the loss plot (OUT.loss.png), both from a finished edit's values;
+both are written atomically (core.files)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import resource
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from dmedit.engine.editor import EditResult
-    from dmedit.runs.pipeline import RunContext
+from dmedit.media.encode import WrittenVideo
+from dmedit.media.images import write_png
+from dmedit.runs.optimise import Edited
 
 PACKAGES = (
     "dmedit", "torch", "diffusers", "transformers", "huggingface_hub", "av",
@@ -59,25 +56,6 @@ def thread_settings() -> dict[str, Any]:
     return settings
 
 
-def write_json(*, path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
-
-
 def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]], width: int = 720, height: int = 160) -> None:
     """One panel per loss term (each on its own scale) against the step, drawn with OpenCV; PNG."""
     terms = [name for name in history if name != "t" and len(history[name]) > 0]
@@ -88,17 +66,6 @@ def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]], width: in
     ]
     image = np.concatenate(panels, axis=0) if panels else np.full((height, width, 3), 255, np.uint8)
     write_png(path=path, image=image, what="the loss plot")
-
-
-def write_png(*, path: Path, image: np.ndarray, what: str) -> None:
-    """(H,W,3) uint8 BGR -> PNG at `path`, through a temporary name (never a half-written file)."""
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
-    try:
-        if not cv2.imwrite(str(temporary), image):
-            raise OSError(f"{path}: cannot write {what}")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _plot_panel(*, name: str, values: np.ndarray, colour: tuple[int, int, int], width: int, height: int) -> np.ndarray:
@@ -119,25 +86,26 @@ def _plot_panel(*, name: str, values: np.ndarray, colour: tuple[int, int, int], 
     return panel
 
 
-def run_report(*, run: "RunContext", result: "EditResult", timings: Mapping[str, float], written: Any) -> dict[str, Any]:
-    """The run report (OUT.json) of a finished run: its inputs, settings, choices, timings and losses."""
-    plan = run.plan
+def run_report(*, edited: Edited, written: WrittenVideo, timings: Mapping[str, float],
+               seams: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run report (OUT.json) of a finished edit: its inputs, settings, choices, timings and losses."""
+    plan, clip, result = edited.plan, edited.clip, edited.result
     options = plan.request.to_dict()
     options["output"]["path"] = str(plan.output)
     entry = plan.entry
     return {
-        "input": plan.info.to_dict(), "span": plan.span.to_dict(), "fit": run.mask.mapping.to_dict(),
+        "input": plan.info.to_dict(), "span": plan.span.to_dict(), "fit": clip.mask.mapping.to_dict(),
         "options": options, "edit": dataclasses.asdict(plan.config), "seed": plan.config.seed,
         "resolved": {"device": str(plan.device), "dtype": str(plan.dtype).removeprefix("torch."),
-                     "frames": len(plan.span.indices), "model": entry.name, "mask": run.mask.origin,
-                     "detector": (plan.request.mask.detector or entry.detector) if run.mask.detection else None},
-        "threads": thread_settings(), "speed": run.speed or None,
-        "mask": run.mask.to_dict(), "notes": list(run.notes),
-        "windows": result.windows.to_dict() if result.windows.windowed else None, "seams": run.seams or None,
+                     "frames": len(plan.span.indices), "model": entry.name, "mask": clip.mask.origin,
+                     "detector": (plan.request.mask.detector or entry.detector) if clip.mask.detection else None},
+        "threads": thread_settings(), "speed": edited.speed or None,
+        "mask": clip.mask.to_dict(), "notes": list(edited.notes),
+        "windows": result.windows.to_dict() if result.windows.windowed else None, "seams": seams or None,
         "written": written.to_dict() | {"path": str(plan.output)},
         "model": {"name": entry.name, "family": entry.family, "repo": entry.repo, "revision": entry.revision,
                   "path": entry.path, "width": entry.width, "height": entry.height, "source_file": entry.source_file},
         "versions": package_versions(), "peak_memory": peak_memory(),
-        "timings_s": {name: round(value, 3) for name, value in timings.items()}, "stages": run.stages or None,
+        "timings_s": {name: round(value, 3) for name, value in timings.items()}, "stages": list(edited.stages) or None,
         "steps_done": result.steps_done, "loss_history": result.history,
     }

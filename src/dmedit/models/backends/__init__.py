@@ -1,5 +1,5 @@
 """Model families behind one protocol (base.VideoBackend), detector families behind another
-(masks.BoxDetector); device/dtype resolution; `load_backend` and `load_detector`.
+(base.BoxDetector); device/dtype resolution; `load_backend` and `load_detector`.
 
 A video family module exposes `load_<family>(*, folder, device, dtype, vae_dtype, variant,
 vae_chunk, offload)`; FAMILIES maps a registry entry's `family` to it. A detector family exposes
@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 
     import torch
 
-    from dmedit.models.backends.base import VideoBackend
+    from dmedit.models.backends.base import BoxDetector, VideoBackend
     from dmedit.core.config import DetectorEntry, ModelEntry
-    from dmedit.masks.regions import BoxDetector
 
 FAMILIES = {"text_to_video": "dmedit.models.backends.text_to_video:load_text_to_video",
             "show1": "dmedit.models.backends.show1:load_show1"}

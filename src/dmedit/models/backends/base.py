@@ -1,4 +1,4 @@
-"""The small protocol every video-model family implements.
+"""The small protocols every video-model family (VideoBackend) and detector family (BoxDetector) implement.
 
 Shapes (B = batch of branches, F = frames, C = latent channels, h, w = latent grid = H/8, W/8):
 - frames: (F, 3, H, W) float32 in [-1, 1]
@@ -9,9 +9,13 @@ Shapes (B = batch of branches, F = frames, C = latent channels, h, w = latent gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
+
+Box = tuple[float, float, float, float]
 
 
 class VideoBackend(Protocol):
@@ -42,3 +46,29 @@ class VideoBackend(Protocol):
     ) -> torch.Tensor:
         """Forward diffusion q(x_t | x_0) through the scheduler."""
         ...
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box found in one frame; `box` is (x0, y0, x1, y1) in source pixels, clipped to the frame."""
+
+    frame: int
+    box: Box
+    score: float
+    label: str
+
+
+@dataclass(frozen=True)
+class DetectionRun:
+    """All detections of one run, per frame, and the best box score seen (passing or not)."""
+
+    detections: list[list[Detection]]
+    best_score: float
+
+
+class BoxDetector(Protocol):
+    """Boxes of the objects `prompt` names in each of (T,H,W,3) uint8 RGB frames."""
+
+    def run(
+        self, *, frames: np.ndarray, prompt: str, box_threshold: float, text_threshold: float
+    ) -> DetectionRun: ...

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,8 @@ from transformers.models.grounding_dino.modeling_grounding_dino import Grounding
 from transformers.tokenization_utils_base import BatchEncoding
 
 from dmedit.core.errors import ModelError, UsageError
+from dmedit.models.backends.base import Box, Detection, DetectionRun
 
-Box = tuple[float, float, float, float]
 
 TINY_SEED = 0
 TINY_SIZE = {"shortest_edge": 64, "longest_edge": 96}
@@ -41,24 +40,6 @@ TINY_WORDS = (
     "bike bicycle robot horse cow sheep bear tiger lion fish duck face head hand tree flower boat "
     "train ball red green blue white black yellow small big"
 ).split()
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One box found in one frame; `box` is (x0, y0, x1, y1) in source pixels, clipped to the frame."""
-
-    frame: int
-    box: Box
-    score: float
-    label: str
-
-
-@dataclass(frozen=True)
-class DetectionRun:
-    """All detections of one run, per frame, and the best box score seen (passing or not)."""
-
-    detections: list[list[Detection]]
-    best_score: float
 
 
 def normalise_prompt(*, prompt: str) -> tuple[str, list[str]]:

@@ -16,7 +16,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from clips import make_clip
+import warm_dmedit  # noqa: E402
+from clips import make_clip  # noqa: E402
 
 SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared" / "clips" / "carphone.mp4"
 
@@ -36,6 +37,7 @@ def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
         XDG_CONFIG_HOME=str(root / "config"),
     )
     os.environ.pop("DMEDIT_MODELS", None)
+    warm_dmedit.SESSION_ENVIRONMENT.update(os.environ)
     yield root
     os.environ.clear()
     os.environ.update(saved)

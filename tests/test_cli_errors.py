@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from clips import make_clip
+from warm_dmedit import dmedit
 
 EXIT_USAGE, EXIT_INPUT, EXIT_MODEL = 2, 3, 4
-
-
-def dmedit(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dmedit", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-        env=os.environ.copy(), stdin=subprocess.DEVNULL,
-    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *, code: int, mentions: str, folder: Path) -> None:

@@ -94,12 +94,11 @@ def _run_command(*, flags: RunFlags) -> None:
     reporter = Reporter(quiet=control.quiet, log_every=control.log_every)
     reporter.count_start_up()
     with exit_codes(reporter):
-        with reporter.stage("start-up"):  # imports torch and the model libraries
+        with reporter.stage("start-up"):
             prepare_environment(offline=control.offline)
+            request = flags.request()  # bad settings fail here, before torch and the model libraries load
             from dmedit.evaluation.scoring import run_extras
             from dmedit.runs.pipeline import run_edit
-
-            request = flags.request()
         written = run_edit(request=request, reporter=reporter, extras=run_extras(request=request))
         if written is not None:
             typer.echo(str(written))
@@ -115,9 +114,8 @@ def mask_preview(**values: Any) -> None:
     reporter = Reporter(quiet=control.quiet)
     with exit_codes(reporter):
         prepare_environment(offline=control.offline)
-        from dmedit.runs.pipeline import run_mask_preview  # imports torch
-
         request = record_from(record=MaskRequest, values=values)
+        from dmedit.runs.pipeline import run_mask_preview  # imports torch
         for path in run_mask_preview(request=request, reporter=reporter):
             typer.echo(str(path))
 

@@ -50,15 +50,3 @@ class RunExtra(Protocol):
     def write(self, *, clip: FinishedClip, folder: Path, output: Path) -> dict[str, Any]:
         """Write its files into the staging `folder` (named after `output`); return report keys."""
         ...
-
-
-class RunExtra(Protocol):
-    """Files and report keys a layer above runs adds to a run's bundle."""
-
-    def check(self, *, request: RunRequest, entry: ModelEntry, registry: Registry, device: "torch.device") -> None:
-        """At plan time, before any frame is decoded (runs.plan.PlanCheck): refuse what cannot work."""
-        ...
-
-    def write(self, *, clip: FinishedClip, folder: Path, output: Path) -> dict[str, Any]:
-        """Write its files into the staging `folder` (named after `output`); return report keys."""
-        ...

@@ -129,8 +129,9 @@ def save_text_to_video(*, path: Path, unet_config: dict, vae_config: dict, text_
     path.mkdir(parents=True)
     vocab_size = _write_tokenizer(path / "tokenizer", positions=positions)
     torch.manual_seed(TINY_SEED)
-    UNet3DConditionModel(**unet_config).to(dtype).save_pretrained(path / "unet", safe_serialization=True)
-    AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)
+    # torch's own Module.to: diffusers' override warns on stderr about fp32 modules at every dtype cast
+    for module, folder in ((UNet3DConditionModel(**unet_config), "unet"), (AutoencoderKL(**vae_config), "vae")):
+        torch.nn.Module.to(module, dtype).save_pretrained(path / folder, safe_serialization=True)
     config = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=positions, bos_token_id=vocab_size - 2,
                             eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **text_config)
     CLIPTextModel(config).to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)

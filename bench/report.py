@@ -127,6 +127,9 @@ def run_section(*, data: dict) -> list[str]:
         lines += ["", *memory_model_table(estimate=data["memory_model"])]
     if data.get("end_to_end"):
         lines += ["", *end_to_end_table(run=data["end_to_end"])]
+    if data.get("end_to_end_compiled"):
+        lines += ["", "The same run with `--compile`, inductor's cache empty (a user's first compiled run):", "",
+                  *end_to_end_table(run=data["end_to_end_compiled"])]
     return lines
 
 

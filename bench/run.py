@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ from diffusers.utils import logging as diffusers_logging
 from bench import memory_model, report
 from bench.measure import load_average, measure
 from bench.setups import BackendCache, BenchConfig, prepare_live
-from dmedit.engine.compilation import use_cache_folder
+from dmedit.engine.compilation import CACHE_ENV, use_cache_folder
 from dmedit.core.errors import ModelError, OutOfMemoryError
 from dmedit.models.hub import cache_dir
 
@@ -225,6 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fast smoke subset (about a minute)")
     parser.add_argument("--label", default=None, help="suffix of the results file (default: quick or none)")
     parser.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    parser.add_argument("--skip", action="append", default=[], help="leave out configurations whose name contains this")
     parser.add_argument("--set", choices=("auto", "cpu", "gpu"), default="auto",
                         help="the configuration set (auto: gpu on CUDA, else cpu)")
     parser.add_argument("--small", action="store_true",
@@ -232,12 +234,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--end-to-end", action="store_true",
                         help="then one `dmedit run --model zeroscope-random --frames 8 --steps 200` (bench.end_to_end)")
     parser.add_argument("--end-to-end-args", default="", help="extra arguments of that run, e.g. '--steps 2 --model tiny'")
+    parser.add_argument("--end-to-end-compiled", action="store_true",
+                        help="then the same run with --compile on a cold inductor cache (is compiling worth it?)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help=f"start no configuration after this many seconds (default {BUDGET_S})")
     parser.add_argument("--end-to-end-timeout-s", type=float, default=240.0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--markdown", type=Path, default=MARKDOWN)
     return parser.parse_args(argv)
+
+
+def _cold_compiled_run(*, args: argparse.Namespace) -> dict:
+    """The end-to-end run with --compile, its inductor cache empty: what a user's first run pays."""
+    from bench.end_to_end import run_end_to_end
+
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as folder:
+        saved = os.environ.get(CACHE_ENV)
+        os.environ[CACHE_ENV] = folder
+        try:
+            record = run_end_to_end(model="zeroscope-random", frames=8, steps=200, clip=None,
+                                    timeout_s=args.end_to_end_timeout_s,
+                                    extra=[*args.end_to_end_args.split(), "--compile"])
+        finally:
+            if saved is None:
+                os.environ.pop(CACHE_ENV, None)
+            else:
+                os.environ[CACHE_ENV] = saved
+    log.info("end to end, compiled on a cold cache: %s", record.get("error") or record["timings_s"])
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = gpu_configs(quick=args.quick, small=args.small) if gpu_set else cpu_configs(quick=args.quick)
     if args.only:
         configs = [c for c in configs if args.only in c.name]
+    configs = [c for c in configs if not any(text in c.name for text in args.skip)]
     started = time.perf_counter()
     label = args.label or ("quick" if args.quick else None)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -279,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         result["end_to_end"] = run_end_to_end(model="zeroscope-random", frames=8, steps=200, clip=None,
                                               timeout_s=args.end_to_end_timeout_s, extra=args.end_to_end_args.split())
         log.info("end to end: %s", result["end_to_end"].get("error") or result["end_to_end"]["timings_s"])
+        if args.end_to_end_compiled:
+            result["end_to_end_compiled"] = _cold_compiled_run(args=args)
     save(records)
     report.write_markdown(results_dir=args.results_dir, path=args.markdown)
     log.info("wrote %s and %s in %.0f s", path, args.markdown, result["seconds"])

@@ -117,6 +117,21 @@ def test_scripts_may_always_pass_resume(tmp_path: Path, ntsc_clip: Path) -> None
     assert result.stdout.strip() == str(output), "the written path goes to stdout"
 
 
+def test_resume_on_a_finished_output_touches_nothing_and_overwrite_runs_again(tmp_path: Path, ntsc_clip: Path) -> None:
+    """Scripts that always pass --resume do not redo finished clips (issue 23, item 2)."""
+    output = tmp_path / "done.mp4"
+    assert dmedit(*tiny_args(ntsc_clip, output, "--steps", "2")).returncode == 0
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    again = dmedit(*tiny_args(ntsc_clip, output, "--steps", "2", "--resume", "-q"))
+    lines = [line for line in again.stderr.splitlines() if line.strip()]
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+    assert lines == [f"{output} is complete; nothing to resume (--overwrite runs it again)"]
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == written
+    rerun = dmedit(*tiny_args(ntsc_clip, output, "--steps", "2", "--resume", "--overwrite"))
+    assert rerun.returncode == 0 and rerun.stdout.strip() == str(output), rerun.stderr
+    assert output.stat().st_mtime_ns > written[output]
+
+
 def test_skip_existing_with_quiet_still_says_it_skipped(tmp_path: Path, ntsc_clip: Path) -> None:
     output = tmp_path / "out.mp4"
     output.write_bytes(b"an earlier result")

@@ -110,9 +110,26 @@ def test_update_is_sgd_on_weighted_gradient_sum(tiny_backend, frames):
     assert state.step == 1 and state.history["spatial"] == [terms["spatial"]]
 
 
+def _eq_12_and_15(target_keys, source_keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's S-SSM (Eq. 12, (1/N)·Σ_n ‖SS^n(x_t) − SS^n(x̂_t)‖²) and T-SSM (Eq. 15,
+    ‖TS(x_t) − TS(x̂_t)‖²) of each key layer, summed over the layers, written out frame by frame
+    with cosine similarities and without the engine's losses."""
+    spatial = temporal = torch.zeros(())
+    for target, source in zip(target_keys, source_keys, strict=True):
+        count = target.shape[0]
+        for n in range(count):
+            similarity = [torch.cosine_similarity(keys[n][:, None], keys[n][None], dim=-1) for keys in (target, source)]
+            spatial = spatial + (similarity[0] - similarity[1]).square().sum() / count
+        means = [keys.mean(dim=1) for keys in (target, source)]
+        similarity = [torch.cosine_similarity(mean[:, None], mean[None], dim=-1) for mean in means]
+        temporal = temporal + (similarity[0] - similarity[1]).square().sum()
+    return spatial, temporal
+
+
 def _independent_step(backend, frames, mask, latents, config: EditConfig) -> torch.Tensor:
     """x(θ) after one SGD step, computed without the editor: the same draws of t and ε, six single
-    (unbatched) U-Net calls, keys captured per call, the gradient dds_scale·g + ∇(λ_S·L_S + λ_T·L_T)."""
+    (unbatched) U-Net calls, keys captured per call, the gradient dds_scale·g + ∇(λ_S·L_S + λ_T·L_T);
+    with ssm_reduction "sum", L_S and L_T are Eq. 12 and Eq. 15 written out (_eq_12_and_15)."""
     generator = torch.Generator().manual_seed(config.seed)
     t = torch.randint(config.t_min, config.t_max + 1, (1,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
@@ -131,8 +148,12 @@ def _independent_step(backend, frames, mask, latents, config: EditConfig) -> tor
     target = cfg_noise(uncond=eps(x_t.detach(), null)[0], cond=target_cond.detach(), guidance_scale=config.guidance_scale)
     source = cfg_noise(uncond=eps(source_t, null)[0], cond=source_cond, guidance_scale=config.guidance_scale)
     g = (target - source) * mask
-    ssm = (config.lambda_spatial * spatial_ssm_loss(target_keys=target_keys, source_keys=source_keys)
-           + config.lambda_temporal * temporal_ssm_loss(target_keys=target_keys, source_keys=source_keys))
+    if config.ssm_reduction == "sum":
+        spatial, temporal = _eq_12_and_15(target_keys, source_keys)
+    else:
+        spatial = spatial_ssm_loss(target_keys=target_keys, source_keys=source_keys)
+        temporal = temporal_ssm_loss(target_keys=target_keys, source_keys=source_keys)
+    ssm = config.lambda_spatial * spatial + config.lambda_temporal * temporal
     gradient = config.dds_scale * g + torch.autograd.grad(ssm, x)[0]
     return latents - config.learning_rate * gradient
 
@@ -150,6 +171,21 @@ def test_one_step_equals_an_independent_unbatched_computation(tiny_backend, fram
     assert torch.allclose(state.latents.detach(), expected, atol=1e-5 * max(1.0, moved.item()))
 
 
+def test_one_step_with_the_sum_reduction_is_eq_12_and_15_per_layer_summed(tiny_backend, frames, half_mask):
+    """The paper's letter, checked so that a stray factor of N (frames) on either term fails."""
+    session = _session(tiny_backend, frames, half_mask, learning_rate=0.2, dds_scale=3.0, lambda_spatial=0.02,
+                       lambda_temporal=2.0, seed=3, ssm_reduction="sum")
+    config, state = session.config, editor.new_state(session=session)
+    start = state.latents.detach().clone()
+    editor.run_step(session=session, state=state)
+    expected = _independent_step(tiny_backend, frames, half_mask, start, config)
+    tolerance = 1e-5 * max(1.0, (expected - start).abs().max().item())
+    assert torch.allclose(state.latents.detach(), expected, atol=tolerance)
+    for stray in ({"lambda_spatial": 0.02 * FRAMES}, {"lambda_temporal": 2.0 * FRAMES}):
+        off_by_n = _independent_step(tiny_backend, frames, half_mask, start, dataclasses.replace(config, **stray))
+        assert not torch.allclose(off_by_n, expected, atol=tolerance), stray
+
+
 def test_sum_reduction_sums_what_mean_averages(tiny_backend, frames):
     summed = _session(tiny_backend, frames, ssm_reduction="sum")
     averaged = _session(tiny_backend, frames)
@@ -157,8 +193,9 @@ def test_sum_reduction_sums_what_mean_averages(tiny_backend, frames):
     for state in twins:
         _perturb(state)
     by_sum, by_mean = (editor.step_losses(session=s, state=st).losses for s, st in zip((summed, averaged), twins))
-    # two key layers on the full 8x8 latent grid (64 positions) over 4 frames: 4*64*64 entries each
-    assert by_sum["spatial"].item() == pytest.approx(by_mean["spatial"].item() * 2 * FRAMES * 64 * 64, rel=1e-4)
+    # two key layers on the full 8x8 latent grid (64 positions) over 4 frames: S-SSM sums 64*64 entries a
+    # frame and averages over the frames (Eq. 12), T-SSM sums the 4*4 entries (Eq. 15); layers are summed
+    assert by_sum["spatial"].item() == pytest.approx(by_mean["spatial"].item() * 2 * 64 * 64, rel=1e-4)
     assert by_sum["temporal"].item() == pytest.approx(by_mean["temporal"].item() * 2 * FRAMES * FRAMES, rel=1e-4)
 
 

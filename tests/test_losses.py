@@ -51,9 +51,10 @@ def test_ssm_losses_match_hand_computed_means():
     assert temporal.item() == pytest.approx(temporal_expected, abs=1e-6)
 
 
-def test_sum_reduction_matches_hand_computed_sums_over_entries_and_layers():
-    spatial_expected = 2.0 + 2.0 * (1.0 - HALF_SQRT2) ** 2
-    temporal_expected = 2.0 * 0.9
+def test_sum_reduction_is_eq_12_and_15_by_hand_summed_over_layers():
+    # Eq. 12: (1/N) Σ_n ‖SS^n − SŜ^n‖², N = 2 frames: frame 0 differs by 2, frame 1 by 2·(1 − √½)²
+    spatial_expected = (2.0 + 2.0 * (1.0 - HALF_SQRT2) ** 2) / 2
+    temporal_expected = 2.0 * 0.9  # Eq. 15: ‖TS − TŜ‖² over the 2 x 2 entries
     two = dict(target_keys=[TARGET_KEYS, TARGET_KEYS], source_keys=[SOURCE_KEYS, SOURCE_KEYS], reduction="sum")
     assert spatial_ssm_loss(**two).item() == pytest.approx(2 * spatial_expected, abs=1e-5)
     assert temporal_ssm_loss(**two).item() == pytest.approx(2 * temporal_expected, abs=1e-5)

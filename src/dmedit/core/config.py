@@ -55,8 +55,10 @@ class EditConfig:
     lambda_spatial / lambda_temporal: weights of the S-SSM / T-SSM losses. A weight of 0 removes
         the term entirely (it is neither computed nor logged).
     ssm_reduction: "mean" averages each layer's squared map differences over its entries, then
-        over layers (the default; lambdas about 1e3); "sum" sums them over entries and layers as
-        the paper's Eq. 12 and 15 write it (lambdas smaller by the entry count, see README).
+        over layers (the default; lambdas about 1e3); "sum" is the paper's Eq. 12 and Eq. 15 per
+        layer (S-SSM: the squared map differences summed over entries, averaged over the N frames;
+        T-SSM: summed over the N x N entries), summed over the key layers (lambdas smaller by about
+        the entry count, see README).
     guidance_scale: w in diffusers' convention eps_u + w * (eps_c - eps_u); the paper's Eq. 6
         writes (1 + w) eps_c - w eps_u, so its w is one less than ours for the same guidance.
     window / window_overlap / windows_per_step: temporal windows (windows.py): 0 = the whole span
@@ -82,7 +84,7 @@ class EditConfig:
     ssm_keys: SsmKeys = setting("conditional", Flag(help="Which passes' keys the SSM losses compare.", panel=METHOD,
                                                     shown=MODELS))
     ssm_reduction: SsmReduction = setting("mean", Flag(
-        help="SSM losses as means over map entries, or sums (the paper's Eq. 12, 15).", panel=METHOD, shown=MODELS))
+        help="SSM losses as means over map entries, or the paper's Eq. 12 and 15 per layer summed over layers.", panel=METHOD, shown=MODELS))
     window: int = setting(0, Flag(help="Frames per temporal window when the span is longer than the model takes.",
                                   panel=FRAMES, shown=MODELS, low=1))
     window_overlap: int = setting(0, Flag(help="Frames neighbouring windows share.", panel=FRAMES,

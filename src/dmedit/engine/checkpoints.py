@@ -8,6 +8,7 @@ reaches the same result as an unbroken one and refuses a checkpoint of another r
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -50,8 +51,12 @@ def save_checkpoint(*, checkpoint: Checkpoint, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT,
                **{field.name: getattr(checkpoint, field.name) for field in dataclasses.fields(Checkpoint)}}
-    with replaced_atomically(path=path) as temporary:
-        torch.save(payload, temporary)
+    try:
+        with replaced_atomically(path=path) as temporary:
+            torch.save(payload, temporary)
+    except RuntimeError as error:  # torch.save reports a failed write (a full disk) as RuntimeError
+        raise OSError(errno.EIO, f"cannot write the checkpoint (torch.save: {str(error).strip().splitlines()[0]})",
+                      str(path)) from None
 
 
 def load_checkpoint(*, path: Path | None, fingerprint: str, steps: int) -> Checkpoint:

@@ -4,7 +4,9 @@ The U-Net module itself is compiled in place (`nn.Module.compile`), so its ident
 and the key hooks that hooks.unet_hooks registered once per run stay as they are; the
 compiled forward is dropped again when the run ends. Timesteps are tensors and shapes are fixed
 within a run, so a run traces two graphs (the step's no-grad call and its grad call) and never
-recompiles; `compile_counters` reads torch._dynamo's graph count to show it.
+recompiles; `compile_counters` reads torch._dynamo's graph count to show it. Compiling is off
+unless asked (`choose_compile`), and a failure of dynamo, inductor or triton on the first step
+sends the run back to eager (`compile_failure`, `drop_compiled`, editor's first step).
 
 Modes: "default" (inductor kernels), "reduce-overhead" (inductor kernels replayed as CUDA graphs;
 CUDA only), "max-autotune-no-cudagraphs". Inductor's FX-graph and AOT-autograd caches live under
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, get_args
@@ -26,6 +29,9 @@ from dmedit.core.config import CompileMode
 from dmedit.core.errors import UsageError
 
 MODES: tuple[str, ...] = get_args(CompileMode)
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "triton")
+"""Where compiling (tracing, lowering, kernel generation) and running compiled code happen."""
+COMPILER_FOLDERS = tuple(f"{os.sep}{name.replace('.', os.sep)}{os.sep}" for name in COMPILER_MODULES)
 CUDA_ONLY_MODES = ("reduce-overhead",)
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -45,15 +51,16 @@ class CompileChoice:
 
 
 def choose_compile(*, requested: bool | None, mode: str, device: torch.device) -> CompileChoice:
-    """requested None (auto) compiles on CUDA only: on the CPU, inductor's first compile of a
-    U-Net step takes minutes, longer than the steps it would save on a short run."""
+    """requested None (auto) runs eager on every device until committed GPU figures show that
+    compiling pays over a whole `dmedit run --frames 8 --steps 200`, cold compile included
+    (BENCHMARKS.md, "torch.compile"): on the CPU the cold compile of ZeroScope's U-Net took 532 s and
+    the compiled step was slower than eager, and on a GPU it has not been measured yet."""
     if mode not in MODES:
         raise UsageError(f"--compile-mode {mode!r}: use one of {', '.join(MODES)}")
     if mode in CUDA_ONLY_MODES and device.type != "cuda" and requested:
         raise UsageError(f"--compile-mode {mode} replays CUDA graphs and needs a CUDA device, not {device.type}")
     if requested is None:
-        enabled = device.type == "cuda"
-        reason = "auto: on for CUDA" if enabled else f"auto: off on {device.type} (compiling costs minutes there)"
+        enabled, reason = False, "auto: eager until GPU figures show compiling pays (BENCHMARKS.md)"
     else:
         enabled, reason = requested, "--compile" if requested else "--no-compile"
     return CompileChoice(enabled=enabled, mode=mode, backend="inductor", reason=reason)
@@ -78,7 +85,41 @@ def compiled_unet(*, unet: torch.nn.Module, choice: CompileChoice) -> Iterator[t
     try:
         yield unet
     finally:
-        unet._compiled_call_impl = None
+        drop_compiled(unet=unet)
+
+
+def compile_failure(error: BaseException) -> str | None:
+    """One line naming `error` when it, or an error it was raised from, comes from dynamo, inductor,
+    AOT autograd or triton (its class is theirs, or it was raised in their code); None otherwise,
+    and always None for out of memory, which an eager U-Net would not escape."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return None
+    seen: BaseException | None = error
+    while seen is not None:
+        raised_in = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(seen.__traceback__)]
+        if type(seen).__module__.startswith(COMPILER_MODULES) or any(
+                folder in filename for filename in raised_in for folder in COMPILER_FOLDERS):
+            root = error
+            while root.__cause__ is not None:
+                root = root.__cause__
+            named = _first_line(error) if root is error else f"{_first_line(error)} {_first_line(root)}"
+            return named[:300]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's name and its first line (and the next, when the first ends in a colon)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    shown = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(error).__name__}: {shown}"
+
+
+def drop_compiled(*, unet: torch.nn.Module) -> None:
+    """Calls of `unet` run its eager forward again (what `compiled_unet` does on exit)."""
+    unet._compiled_call_impl = None
 
 
 def step_begins(*, choice: CompileChoice | None) -> None:

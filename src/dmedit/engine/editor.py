@@ -17,84 +17,30 @@ V-DDS); with both SSM terms off, a single no-grad call batches all four branches
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-from diffusers.models.attention_processor import Attention
 
 from dmedit.core.config import EditConfig
 from dmedit.core.errors import InterruptedRun, ModelError
-from dmedit.engine.branches import BRANCHES, BranchPlan, branch_plan
-from dmedit.engine.checkpoints import Checkpoint, fingerprint, load_checkpoint, save_checkpoint
-from dmedit.engine.compilation import CompileChoice, step_begins
-from dmedit.engine.hooks import unet_hooks
-from dmedit.engine.keys import KeyRecorder, select_key_layers
+from dmedit.engine.branches import BRANCHES
+from dmedit.engine.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from dmedit.engine.compilation import compile_failure, drop_compiled, step_begins
+from dmedit.engine.keys import KeyRecorder
 from dmedit.engine.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
-from dmedit.engine.speed import GRANULARITIES, Stopwatch
-from dmedit.engine.windows import WindowPlan, draw_starts
-from dmedit.models.backends.base import VideoBackend
+from dmedit.engine.session import EditResult, EditSession, EditState, new_state, prepare, run_hooks
+from dmedit.engine.speed import Stopwatch
+from dmedit.engine.windows import draw_starts
+
+__all__ = ["EditResult", "EditSession", "EditState", "StepDraw", "StepTerms", "decode", "draw_step", "new_state",
+           "optimise", "prepare", "run_hooks", "run_step", "step_losses"]
+"""The engine's front door: a session is prepared (engine.session), then stepped or optimised here."""
 
 SSM_FRAME_CHUNK = 4
 SIGNAL_WORDS = {2: "interrupted", 15: "terminated"}
-
-
-@dataclass(frozen=True)
-class EditSession:
-    """Everything fixed for a run, computed once. source_latents x̂: (1,C,F,h,w) float32 on the device;
-    mask: (1,1,F,h,w) float32 on the device or None (full frame); branch_embeddings: the
-    (B,L,D) text embeddings of each U-Net call's branches (plan.no_grad, and (plan.grad,)) in
-    the backend's dtype, gathered once from ("", y_src, y_tgt). key_modules: the attention
-    modules key_layers selects (empty when no SSM term is on); checkpointing: None, or the
-    granularity ("block" or "layer") of activation checkpointing in the grad call. windows: the
-    temporal windows a step visits (one window of every frame unless config.window is set).
-    compile: how the run's hooks (`run_hooks`) compile the U-Net (None: eager). timings: seconds
-    spent encoding the video and the prompts."""
-
-    backend: VideoBackend
-    config: EditConfig
-    key_layers: tuple[str, ...]
-    source_latents: torch.Tensor
-    mask: torch.Tensor | None
-    branch_embeddings: dict[tuple[str, ...], torch.Tensor]
-    plan: BranchPlan
-    fingerprint: str
-    windows: WindowPlan
-    key_modules: dict[str, Attention] = field(default_factory=dict)
-    checkpointing: str | None = None
-    compile: CompileChoice | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def frame_count(self) -> int:
-        return int(self.source_latents.shape[2])
-
-
-@dataclass
-class EditState:
-    """The optimised latents x(θ) (1,C,F,h,w float32 leaf), its SGD, the noise generator,
-    steps done and the per-step history of logged terms ("t", "dds", "spatial", "temporal")."""
-
-    latents: torch.nn.Parameter
-    optimizer: torch.optim.SGD
-    generator: torch.Generator
-    step: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
-
-
-@dataclass
-class EditResult:
-    """frames: (F,3,H,W) float32 CPU in [-1,1]; latents: final x(θ), (1,C,F,h,w) float32 CPU;
-    windows: the temporal windows the steps visited."""
-
-    frames: torch.Tensor
-    latents: torch.Tensor
-    history: dict[str, list[float]]
-    steps_done: int
-    windows: WindowPlan
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,69 +63,6 @@ class StepTerms:
     noise: torch.Tensor
     dds_grad: torch.Tensor
     losses: dict[str, torch.Tensor]
-
-
-def prepare(
-    *, backend: VideoBackend, frames: torch.Tensor, masks: torch.Tensor | None, src_prompt: str,
-    tgt_prompt: str, config: EditConfig, key_layers: Sequence[str], checkpointing: str | None = None,
-    compile: CompileChoice | None = None,
-) -> EditSession:
-    """Encode frames (F,3,H,W in [-1,1]) and prompts once; masks (1,1,F,h,w) on the latent grid.
-
-    Freezes the backend's unet / vae / text_encoder (requires_grad False) and checks key_layers
-    (UsageError) before any work when an SSM term is on. checkpointing ("block" / "layer") turns
-    on activation checkpointing of the grad call (dmedit.engine.speed; same results up to rounding);
-    compile: torch.compile of the U-Net while `run_hooks` is active (dmedit.engine.compilation).
-    """
-    if checkpointing not in (None, *GRANULARITIES):
-        raise ValueError(f"checkpointing must be None or one of {GRANULARITIES}, got {checkpointing!r}")
-    if frames.dim() != 4 or frames.shape[1] != 3:
-        raise ValueError(f"frames must be (F,3,H,W), got {tuple(frames.shape)}")
-    for name in ("unet", "vae", "text_encoder"):
-        module = getattr(backend, name, None)
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-    plan = branch_plan(config=config)
-    key_modules = {} if plan.grad is None else select_key_layers(unet=backend.unet, patterns=key_layers)
-    clock = Stopwatch(device=backend.device)
-    source = backend.encode_video(frames=frames).float()
-    timings = {"vae encode": clock.lap()}
-    mask = None
-    if masks is not None and config.use_mask:
-        if tuple(masks.shape) != (1, 1, *source.shape[2:]):
-            raise ValueError(f"masks must be (1,1,F,h,w) = {(1, 1, *source.shape[2:])}, got {tuple(masks.shape)}")
-        mask = masks.to(source.device, torch.float32)
-    prompts = ["", src_prompt, tgt_prompt]
-    embeddings = backend.encode_prompts(prompts=prompts)
-    timings["text encode"] = clock.lap()
-    calls = [plan.no_grad] + ([(plan.grad,)] if plan.grad is not None else [])
-    count = int(source.shape[2])
-    windowed = 0 < config.window < count
-    windows = WindowPlan(frames=count, length=config.window if windowed else count,
-                         overlap=config.window_overlap if windowed else 0, per_step=config.windows_per_step)
-    return EditSession(
-        backend=backend, config=config, key_layers=tuple(key_layers), source_latents=source, mask=mask,
-        branch_embeddings={call: embeddings[[BRANCHES[name][1] for name in call]] for call in calls},
-        plan=plan, key_modules=key_modules, checkpointing=checkpointing, windows=windows, compile=compile,
-        timings=timings,
-        fingerprint=fingerprint(frames=frames, masks=masks, prompts=prompts, config=config, key_layers=key_layers,
-                                unet_class=type(backend.unet).__name__, dtype=str(backend.dtype)),
-    )
-
-
-def new_state(*, session: EditSession) -> EditState:
-    """x(θ) = x̂ (a copy), plain SGD at the configured learning rate, generator seeded."""
-    latents = torch.nn.Parameter(session.source_latents.clone())
-    generator = torch.Generator(device=session.source_latents.device)
-    generator.manual_seed(session.config.seed)
-    optimizer = torch.optim.SGD([latents], lr=session.config.learning_rate)
-    return EditState(latents=latents, optimizer=optimizer, generator=generator)
-
-
-def run_hooks(*, session: EditSession) -> contextlib.AbstractContextManager[KeyRecorder]:
-    """The session's key hooks, checkpointing and compiled U-Net (hooks.unet_hooks) for a block of steps."""
-    return unet_hooks(unet=session.backend.unet, key_modules=session.key_modules,
-                      checkpointing=session.checkpointing, compile=session.compile)
 
 
 def _unet_call(
@@ -340,10 +223,31 @@ def _restore(*, state: EditState, checkpoint: Checkpoint) -> None:
     state.history = checkpoint.history
 
 
+def _first_step(*, session: EditSession, state: EditState, recorder: KeyRecorder,
+                on_warning: Callable[[str], None]) -> tuple[torch.Tensor, list[str], str | None]:
+    """The run's first step. When the U-Net is compiled and compiling or running it fails in dynamo,
+    inductor or triton, the U-Net goes back to eager for the rest of the run and the step is taken
+    again from the same x(θ) and generator state -> (record, names, the failure or None)."""
+    if session.compile is None or not session.compile.enabled:
+        return (*_step(session=session, state=state, recorder=recorder), None)
+    generator = state.generator.get_state()
+    try:
+        return (*_step(session=session, state=state, recorder=recorder), None)
+    except Exception as error:
+        reason = compile_failure(error)
+        if reason is None:
+            raise
+    drop_compiled(unet=session.backend.unet)
+    state.generator.set_state(generator)
+    state.optimizer.zero_grad(set_to_none=True)
+    on_warning(f"--compile failed, running eager: {reason}")
+    return (*_step(session=session, state=state, recorder=recorder), reason)
+
+
 def optimise(
     *, session: EditSession, on_step: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Path | None = None, resume: bool = False, stop_requested: Callable[[], int] = lambda: 0,
-    log_every: int = 1,
+    log_every: int = 1, on_warning: Callable[[str], None] = lambda line: None,
 ) -> EditResult:
     """Run the session's config.steps steps (inside one `run_hooks`) and decode x(θ) -> EditResult.
 
@@ -353,7 +257,8 @@ def optimise(
     written to `checkpoint` every config.checkpoint_every steps, after the last step, and when
     stop_requested() returns a signal number before the last step, which then raises
     InterruptedRun (exit 128 + that number). resume=True continues from `checkpoint` (steps may
-    be raised) to the same result as an unbroken run.
+    be raised) to the same result as an unbroken run. A compiled U-Net that fails on the first step
+    runs eager instead (`_first_step`; on_warning gets one line, result.compile_fallback the reason).
     """
     config = session.config
     state = new_state(session=session)
@@ -361,13 +266,16 @@ def optimise(
         _restore(state=state, checkpoint=load_checkpoint(path=checkpoint, fingerprint=session.fingerprint,
                                                          steps=config.steps))
     pending: list[torch.Tensor] = []
-    started = state.step
+    started, fallback = state.step, None
     clock, timings = Stopwatch(device=state.latents.device), {"first step": 0.0, "steps": 0.0}
     with run_hooks(session=session) as recorder:
         while state.step < config.steps:
-            record, names = _step(session=session, state=state, recorder=recorder)
-            if state.step == started + 1:
+            if state.step == started:
+                record, names, fallback = _first_step(session=session, state=state, recorder=recorder,
+                                                      on_warning=on_warning)
                 timings["first step"] = clock.lap()
+            else:
+                record, names = _step(session=session, state=state, recorder=recorder)
             pending.append(record)
             signum = stop_requested() if state.step < config.steps else 0
             due = state.step % config.checkpoint_every == 0 or state.step == config.steps or signum
@@ -388,4 +296,4 @@ def optimise(
     timings["steps"] = clock.lap()
     result = decode(session=session, state=state)
     result.timings.update(timings, decode=clock.lap())
-    return result
+    return dataclasses.replace(result, compile_fallback=fallback)

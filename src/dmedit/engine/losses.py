@@ -129,8 +129,9 @@ def spatial_ssm_loss(
 
     target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position.
     reduction "mean": per layer the squared differences are averaged over its F * HW * HW entries
-    (the usual MSE), then layers are averaged; "sum": squared differences summed over every entry
-    of every layer (the paper's Eq. 12), so layers with more positions weigh more. A layer with
+    (the usual MSE), then layers are averaged; "sum": per layer exactly the paper's Eq. 12,
+    (1/N) Σ_n ‖SS^n(target) − SS^n(source)‖²_F over its N frames, summed over the layers, so layers
+    with more positions weigh more. A layer with
     fewer channels than positions (C < HW) is computed through C x C matrices (no HW x HW map is
     ever formed; same value up to float rounding). Otherwise frames are processed `frame_chunk` at
     a time, and when gradients are needed each chunk is recomputed in backward (activation
@@ -141,7 +142,7 @@ def spatial_ssm_loss(
     for target, source in zip(target_keys, source_keys):
         frames, positions, _ = target.shape
         total = _layer_squared_error_sum(target, source.detach(), frame_chunk)
-        per_layer.append(total / (frames * positions * positions) if reduction == "mean" else total)
+        per_layer.append(total / (frames * positions * positions) if reduction == "mean" else total / frames)
     return _reduce(per_layer, reduction)
 
 
@@ -173,8 +174,8 @@ def temporal_ssm_loss(
     """T-SSM loss between TS(target) and TS(source) over every layer, a float32 scalar.
 
     target_keys / source_keys: one (F, HW, C) tensor per layer, aligned by position. reduction
-    "mean": per layer the MSE over the F x F entries, then the mean over layers; "sum": squared
-    differences summed over every entry of every layer (the paper's Eq. 15).
+    "mean": per layer the MSE over the F x F entries, then the mean over layers; "sum": per layer
+    exactly the paper's Eq. 15, ‖TS(target) − TS(source)‖²_F, summed over the layers.
     """
     _check_layers(target_keys, source_keys, reduction)
     per_layer = [

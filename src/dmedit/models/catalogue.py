@@ -5,10 +5,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry
+from dmedit.core.config import DetectorEntry, EditConfig, ModelEntry, ScorerEntry
 from dmedit.core.errors import UsageError
 from dmedit.models.hub import pull, weights_present
 from dmedit.models.registry import Registry, load_registry
+
+
+SSM_REDUCTIONS = {
+    "mean": "per key layer the mean of the squared map differences (S-SSM over N x HW x HW entries, T-SSM over "
+            "N x N), averaged over the layers",
+    "sum": "per key layer the paper's Eq. 12, (1/N) sum_n ||SS^n - SS^n_src||^2, and Eq. 15, ||TS - TS_src||^2, "
+           "summed over the layers",
+}
+"""What --ssm-reduction computes, as `models show` says it."""
 
 
 def _registry(registry_file: Path | None) -> Registry:
@@ -63,6 +72,9 @@ def describe_entry(*, name: str, registry_file: Path | None) -> str:
         if field.name == "revision" and value is None and entry.repo:
             value = "unpinned (the hub's main branch when pulled)"
         lines.append(f"{field.name:16} {value}")
+    if isinstance(entry, ModelEntry):
+        reduction = EditConfig().merged(dict(entry.defaults)).ssm_reduction
+        lines.append(f"{'ssm_reduction':16} {reduction}: {SSM_REDUCTIONS[reduction]}")
     lines.append(f"{'weights':16} {'present' if weights_present(entry=entry) else 'missing'} ({_where(entry)})")
     return "\n".join(lines)
 

@@ -71,7 +71,10 @@ def optimise(*, plan: RunPlan, clip: SourceClip, reporter: Reporter, models: Mod
     result = _run_loop(plan=plan, session=session, reporter=reporter)
     speed = {"checkpointing": checkpointing.to_dict(), "compile": compile_choice.to_dict()}
     if compile_choice.enabled:
-        speed["compile"] |= {"first_step_s": round(result.timings["first step"], 3), **compile_counters()}
+        speed["compile"] |= {"first_step_s": round(result.timings["first step"], 3), **compile_counters(),
+                             "fallback": result.compile_fallback is not None}
+        if result.compile_fallback is not None:
+            speed["compile"]["fallback_reason"] = result.compile_fallback
     return Edited(plan=plan, clip=clip, result=result, speed=speed, notes=clip.notes)
 
 
@@ -85,6 +88,6 @@ def _run_loop(*, plan: RunPlan, session: editor.EditSession, reporter: Reporter)
     read_every = reporter.log_every if plan.device.type == "cuda" else 1  # no host sync per step on a GPU
     with stop_after_step() as stop, reporter.steps(total=plan.config.steps) as progress:
         result = editor.optimise(session=session, on_step=progress.update, checkpoint=checkpoint, resume=resume,
-                                 stop_requested=stop, log_every=read_every)
+                                 stop_requested=stop, log_every=read_every, on_warning=reporter.warn)
     reporter.split_stage(stage="optimise", parts=result.timings)
     return result

@@ -10,6 +10,7 @@ whose process is gone.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -115,3 +116,17 @@ def staged_bundle(*, output: Path) -> Iterator[Path]:
                 os.replace(path, output.with_name(path.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_complete(*, output: Path, checkpoint: Path) -> bool:
+    """The output is a finished run's: it exists, its report (OUT.json) names it and has every step
+    of its settings done, and no checkpoint waits to be resumed."""
+    report = companion(output=output, suffix=".json")
+    if not output.is_file() or not report.is_file() or checkpoint.exists():
+        return False
+    try:
+        record = json.loads(report.read_text(encoding="utf-8"))
+        return (record["written"]["path"] == str(output)
+                and int(record["steps_done"]) >= int(record["edit"]["steps"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -129,8 +129,8 @@ class ModelSettings:
     cuda, cuda:N or mps; dtype: auto, fp32, fp16 or bf16; offload: keep the text encoder and VAE
     on the CPU while the U-Net works; vae_chunk: frames per VAE call; checkpointing: "auto" (chosen
     from the free memory, speed.choose_checkpointing), None, "block" or "layer" activation
-    checkpointing of the U-Net's grad call; compile: torch.compile the U-Net (None: on for CUDA
-    only) in compile_mode (compilation.MODES).
+    checkpointing of the U-Net's grad call; compile: torch.compile the U-Net (None: eager,
+    until GPU figures show compiling pays) in compile_mode (compilation.MODES).
     """
 
     name: str = setting(DEFAULT_MODEL, Flag(help="Registry entry.", panel=MODEL, names=("--model",)))
@@ -145,8 +145,9 @@ class ModelSettings:
         help="Recompute U-Net activations in backward (per block or layer): long clips fit. auto: chosen from free "
              "memory.", panel=MODEL, none_choice="none"))
     compile: bool | None = setting(None, Flag(
-        help="torch.compile the U-Net (compiled once per shape, cached on disk).", panel=MODEL,
-        names=("--compile/--no-compile",), shown="on for CUDA"))
+        help="torch.compile the U-Net (once per shape, cached on disk; a failed compile falls back to eager). "
+             "Off until GPU figures show it pays over a whole run (BENCHMARKS.md).", panel=MODEL,
+        names=("--compile/--no-compile",), shown="off (eager)"))
     compile_mode: CompileMode = setting("default", Flag(
         help="Inductor mode; reduce-overhead also replays CUDA graphs (CUDA only).", panel=MODEL))
 

@@ -127,6 +127,22 @@ def test_a_bad_jobs_file_fails_up_front_in_one_line(tmp_path: Path, name: str, t
     assert not (tmp_path / "out").exists()
 
 
+def test_every_bad_job_is_named_before_any_job_runs(tmp_path: Path, shots: Path) -> None:
+    """Settings only the merge with the model entry refuses (issue 23, item 5): one line a bad job."""
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,src,tgt,output,t_min,t_max,model\n"
+                    f"{shots / 'a.mp4'},a,b,good,,,tiny\n"
+                    f"{shots / 'b.mp4'},a,b,swapped,900,100,tiny\n"
+                    f"{shots / 'c.mp4'},a,b,typo,,,tinny\n")
+    result = batch(str(jobs), "--steps", "1", "-o", str(tmp_path / "out"))
+    lines = result.stderr.splitlines()
+    assert result.returncode == EXIT_USAGE and result.stdout == "", result.stderr
+    assert len(lines) == 2, result.stderr
+    assert "jobs.csv row 3" in lines[0] and "--t-min 900 is above --t-max 100" in lines[0], lines[0]
+    assert "jobs.csv row 4" in lines[1] and "tinny" in lines[1], lines[1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_needs_both_prompts(tmp_path: Path, shots: Path) -> None:
     result = batch(str(shots), "--src", "a square", "-o", str(tmp_path / "out"))
     assert result.returncode == EXIT_USAGE and "needs --src and --tgt" in result.stderr, result.stderr

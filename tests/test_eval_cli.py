@@ -115,6 +115,33 @@ def test_run_eval_scorers_are_checked_before_the_run(tmp_path: Path, clip: Path)
     assert_clean_failure(result, code=EXIT_USAGE, mentions="--eval-scorers", folder=tmp_path)
 
 
+def test_ablate_checks_its_scorers_before_any_run(tmp_path: Path, clip: Path, square_mask: Path) -> None:
+    folder = tmp_path / "ablation"
+    result = dmedit("ablate", str(clip), "--src", "a red square", "--tgt", "a green square", "--model", "tiny",
+                    "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "default",
+                    "--out-dir", str(folder))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 4 and len(lines) == 1 and "dmedit models pull" in lines[0], result.stderr
+    assert not any(folder.glob("*.mp4")), "nothing ran"
+
+
+def test_an_ablation_rerun_scores_the_finished_runs_without_running_them(tmp_path: Path, clip: Path,
+                                                                         square_mask: Path) -> None:
+    folder = tmp_path / "ablation"
+    args = ["ablate", str(clip), "--src", "a red square", "--tgt", "a green square", "--model", "tiny",
+            "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "none", "--out-dir", str(folder)]
+    assert dmedit(*args).returncode == 0
+    for name in ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4"):
+        (folder / name).unlink()
+    runs = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
+    rerun = dmedit(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {path: path.stat().st_mtime_ns for path in runs} == runs
+    assert (folder / "ablation.md").is_file() and (folder / "ablation.mp4").is_file()
+    other = dmedit(*[arg if arg != "2" else "3" for arg in args])
+    assert other.returncode == 2 and "exists; pass --overwrite" in other.stderr, "other settings run nothing"
+
+
 def test_ablate_writes_the_four_runs_the_table_and_the_side_by_side(tmp_path: Path, clip: Path,
                                                                      square_mask: Path) -> None:
     folder = tmp_path / "ablation"
@@ -144,4 +171,4 @@ def test_ablate_writes_the_four_runs_the_table_and_the_side_by_side(tmp_path: Pa
     assert cv2.imread(str(folder / "ablation.png")) is not None
 
     again = dmedit(*args)
-    assert again.returncode == EXIT_USAGE and "full.mp4 exists" in again.stderr
+    assert again.returncode == EXIT_USAGE and "ablation.md exists" in again.stderr

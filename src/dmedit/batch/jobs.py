@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from dmedit.core.errors import UsageError
+from dmedit.models.registry import load_registry
 from dmedit.runs.settings import RunRequest
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv",
@@ -86,15 +87,34 @@ class RunOptions:
 
 def load_jobs(*, source: Path, given: Mapping[str, Any], options: RunOptions, out_dir: Path) -> list[JobSpec]:
     """Every job of `source` (a jobs file or a folder of videos), with `given` (the batch command
-    line's run options) under each job's own values. UsageError naming file, row and column."""
+    line's run options) under each job's own values, every one checked before any runs. UsageError
+    with one line a bad job, naming file, row, column (or flag) and value."""
     rows = folder_rows(folder=source) if source.is_dir() else file_rows(path=source)
     if not rows:
         raise UsageError(f"{source}: no jobs in it")
     out_dir = out_dir.absolute()
-    jobs = [_job(index=index, row=row, given=given, options=options, out_dir=out_dir)
-            for index, row in enumerate(rows, start=1)]
+    jobs, problems = [], []
+    for index, row in enumerate(rows, start=1):
+        try:
+            job = _job(index=index, row=row, given=given, options=options, out_dir=out_dir)
+            _check_settings(job=job)
+            jobs.append(job)
+        except UsageError as error:
+            problems.append(str(error))
+    if problems:  # one line a bad job, every one of them, before any job runs
+        raise UsageError("\nerror: ".join(problems))
     _check_outputs(jobs=jobs)
     return jobs
+
+
+def _check_settings(*, job: JobSpec) -> None:
+    """The job's model entry and method settings as its run will merge them (defaults < entry <
+    the job's), so that a combination only the merge refuses stops the batch before any job runs."""
+    try:
+        entry = load_registry(registry_file=job.request.model.registry).model(job.request.model.name)
+        job.request.edit_config(entry=entry)
+    except UsageError as error:
+        raise UsageError(f"{job.where}: {error}") from None
 
 
 def folder_rows(*, folder: Path) -> list[Row]:

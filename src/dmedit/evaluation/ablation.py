@@ -11,6 +11,7 @@ four results side by side, labelled). Every file is written under a temporary na
 from __future__ import annotations
 
 import dataclasses
+import json
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,14 @@ from dmedit.core.files import write_json, write_text
 from dmedit.evaluation.compare import EvalRequest
 from dmedit.evaluation.metric_report import markdown_table, plot_curves
 from dmedit.evaluation.metric_types import Metric
-from dmedit.evaluation.scoring import evaluate
+from dmedit.engine.checkpoints import checkpoint_path
+from dmedit.evaluation.scoring import check_scorers, evaluate
 from dmedit.media.fit import side_by_side
 from dmedit.media.video import probe, read_frames, select_span, write_video
 from dmedit.models.model_cache import ModelCache
+from dmedit.models.registry import load_registry
 from dmedit.models.scorers.choice import Scorers
+from dmedit.runs.outputs import companion, is_complete
 from dmedit.runs.pipeline import run_edit, run_mask_preview
 from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
 
@@ -72,10 +76,44 @@ def _check_request(*, request: AblationRequest) -> None:
         raise UsageError(f"{request.run.video}: ablate reads the video four times; give a file, not a pipe")
     if request.out_dir.exists() and not request.out_dir.is_dir():
         raise UsageError(f"--out-dir {request.out_dir}: is a file, not a folder")
+    check_scorers(registry=load_registry(registry_file=request.run.model.registry), scorers=request.scorers)
     if not request.overwrite:
-        existing = [path for path in planned_files(request=request) if path.exists()]
+        kept = {*_finished_variants(request=request), *_mask_files(request=request)}
+        existing = [path for path in planned_files(request=request) if path.exists() and path not in kept]
         if existing:
             raise UsageError(f"{existing[0]} exists; pass --overwrite or choose another --out-dir")
+
+
+def _mask_files(*, request: AblationRequest) -> list[Path]:
+    """The shared mask a detecting ablation wrote, reused by a rerun without --overwrite."""
+    return [request.out_dir / f"{MASK_BASE}.masks", request.out_dir / f"{MASK_BASE}.mask.mp4"]
+
+
+def _finished_variants(*, request: AblationRequest) -> list[Path]:
+    """The bundles (MP4 and report) of variants a previous run of this ablation finished: a rerun
+    without --overwrite scores them instead of running them again."""
+    finished = []
+    for name, _, changes in VARIANTS:
+        output = request.out_dir / f"{name}.mp4"
+        checkpoint = checkpoint_path(folder=companion(output=output, suffix=".run"))
+        if is_complete(output=output, checkpoint=checkpoint) and _same_settings(
+                report=companion(output=output, suffix=".json"),
+                variant=_variant(base=request.run, request=request, name=name, changes=changes)):
+            finished += [output, companion(output=output, suffix=".json")]
+    return finished
+
+
+def _same_settings(*, report: Path, variant: RunRequest) -> bool:
+    """The report's run was asked what `variant` asks (its output and the shared mask's folder aside)."""
+    def comparable(options: dict[str, Any]) -> str:
+        kept = {key: value for key, value in options.items() if key != "output"}
+        kept["mask"] = {key: value for key, value in kept.get("mask", {}).items() if key != "source"}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+    try:
+        return comparable(json.loads(report.read_text(encoding="utf-8"))["options"]) == comparable(variant.to_dict())
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _shared_mask(*, request: AblationRequest, reporter: Reporter) -> RunRequest:
@@ -83,6 +121,9 @@ def _shared_mask(*, request: AblationRequest, reporter: Reporter) -> RunRequest:
     base = request.run
     if base.mask.source is not None:
         return base
+    folder = request.out_dir / f"{MASK_BASE}.masks"
+    if folder.is_dir() and not request.overwrite:
+        return dataclasses.replace(base, mask=dataclasses.replace(base.mask, source=str(folder.absolute())))
     mask = dataclasses.replace(base.mask, prompt=base.detection_prompt)
     preview = MaskRequest(video=base.video, span=base.span, mask=mask, model=base.model,
                           output=OutputSettings(path=request.out_dir / MASK_BASE, overwrite=request.overwrite))
@@ -102,8 +143,13 @@ def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
     request.out_dir.mkdir(parents=True, exist_ok=True)
     base = _shared_mask(request=request, reporter=reporter)
     models = ModelCache()
+    finished = set() if request.overwrite else set(_finished_variants(request=request))
     for index, (name, label, changes) in enumerate(VARIANTS, start=1):
-        reporter.line(f"ablation {index}/{len(VARIANTS)}: {label} -> {request.out_dir / name}.mp4")
+        output = request.out_dir / f"{name}.mp4"
+        if output in finished:
+            reporter.line(f"ablation {index}/{len(VARIANTS)}: {label}: {output} is done, scored as it is")
+            continue
+        reporter.line(f"ablation {index}/{len(VARIANTS)}: {label} -> {output}")
         run_edit(request=_variant(base=base, request=request, name=name, changes=changes), reporter=reporter,
                  models=models)
     models.clear()  # the video model; the scorers load into it next, once for all four

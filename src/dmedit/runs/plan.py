@@ -76,7 +76,7 @@ def plan_model(*, request: RunRequest, info: VideoInfo, output: Path, reporter: 
     check in `checks` (in order), then the weights folder (built or located) and the dtype."""
     registry = load_registry(registry_file=request.model.registry)
     entry = registry.model(request.model.name)
-    config = EditConfig().merged(entry.defaults).merged(request.edit.as_dict())
+    config = request.edit_config(entry=entry)
     span = span_of(info=info, entry=entry, span=request.span)
     config = resolve_windows(config=config, entry=entry, frames=len(span.indices), given=request.edit)
     device = resolve_device(name=request.model.device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dmedit.core.config import DEFAULT_CRF, CompileMode, EditConfig, require_finite
+from dmedit.core.config import DEFAULT_CRF, CompileMode, EditConfig, ModelEntry, require_finite
 from dmedit.core.errors import UsageError
 from dmedit.core.flags import (
     CONTROL, FRAMES, INPUT, MASKS, MODEL, MODELS, OUTPUT, Argument, Flag, Switch, literal_choices, overrides_record,
@@ -259,6 +259,11 @@ class RunRequest:
             raise UsageError("--src is empty: describe the object in the video, e.g. --src 'a bird'")
         if not self.tgt.strip():
             raise UsageError("--tgt is empty: describe what it should become, e.g. --tgt 'a parrot'")
+
+    def edit_config(self, *, entry: ModelEntry) -> EditConfig:
+        """The method's settings of this run: defaults < the model entry's < the given ones
+        (UsageError for a value or combination EditConfig refuses, e.g. --t-min above --t-max)."""
+        return EditConfig().merged(entry.defaults).merged(self.edit.as_dict())
 
     @property
     def detection_prompt(self) -> str:

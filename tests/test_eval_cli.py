@@ -104,9 +104,30 @@ def test_eval_errors_are_one_line(tmp_path: Path, clip: Path, args: list[str], c
     assert_clean_failure(result, code=code, mentions=mentions, folder=tmp_path)
 
 
-def test_real_scorers_offline_fail_with_the_pull_hint(tmp_path: Path, clip: Path) -> None:
-    result = dmedit("eval", str(clip), str(clip), "--offline")
-    assert_clean_failure(result, code=EXIT_MODEL, mentions="dmedit models pull", folder=tmp_path)
+def test_eval_offline_skips_the_missing_models_and_all_demands_them(tmp_path: Path, clip: Path) -> None:
+    """Issue 22, item 4: the weight-free metrics always run; each model metric without its weights
+    is skipped with one line naming it and the pull that adds it; --scorers all refuses instead."""
+    result = dmedit("eval", str(clip), str(clip), "--offline", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert set(record["skipped"]) == PAPER_METRICS and WEIGHT_FREE <= set(record["metrics"])
+    assert not PAPER_METRICS & set(record["metrics"])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(lines) == len(PAPER_METRICS), result.stderr
+    assert all("dmedit models pull" in line or "lpips_weights" in line for line in lines), "says how to add them"
+    table = dmedit("eval", str(clip), str(clip), "--offline")
+    assert table.returncode == 0 and table.stdout.count("skipped") == len(PAPER_METRICS), table.stdout
+    demanded = dmedit("eval", str(clip), str(clip), "--offline", "--scorers", "all")
+    assert_clean_failure(demanded, code=EXIT_MODEL, mentions="dmedit models pull", folder=tmp_path)
+
+
+def test_run_eval_offline_scores_weight_free_and_records_the_skipped(tmp_path: Path, clip: Path) -> None:
+    output = tmp_path / "scored.mp4"
+    result = dmedit("run", str(clip), "--src", "a", "--tgt", "b", "--model", "tiny", "--mask", "full", "--frames", "4",
+                    "--steps", "1", "--eval", "--offline", "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(output.with_suffix(".json").read_text())["eval"]
+    assert set(scores["skipped"]) == PAPER_METRICS and set(scores["metrics"]) == WEIGHT_FREE
 
 
 def test_run_eval_scorers_are_checked_before_the_run(tmp_path: Path, clip: Path) -> None:
@@ -118,7 +139,7 @@ def test_run_eval_scorers_are_checked_before_the_run(tmp_path: Path, clip: Path)
 def test_ablate_checks_its_scorers_before_any_run(tmp_path: Path, clip: Path, square_mask: Path) -> None:
     folder = tmp_path / "ablation"
     result = dmedit("ablate", str(clip), "--src", "a red square", "--tgt", "a green square", "--model", "tiny",
-                    "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "default",
+                    "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "all",
                     "--out-dir", str(folder))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 4 and len(lines) == 1 and "dmedit models pull" in lines[0], result.stderr

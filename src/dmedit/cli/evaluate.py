@@ -22,8 +22,10 @@ from dmedit.models.scorers.choice import parse_scorers
 from dmedit.runs.settings import ModelSettings, SpanSettings
 
 EVALUATION = "Evaluation"
-SCORERS_HELP = ("Models of the model-based metrics: 'default' (the registry's), 'none' (weight-free metrics only), "
-                "'tiny' (random-weight test models) or ROLE=ENTRY pairs (clip=..., lpips=..., tracker=...).")
+SCORERS_HELP = ("Models of the model-based metrics: 'default' (the registry's; a metric whose weights are not here is "
+                "skipped, with the `dmedit models pull` that adds them), 'all' (the registry's, every one required), "
+                "'none' (weight-free metrics only), 'tiny' (random-weight test models) or ROLE=ENTRY pairs "
+                "(clip=..., lpips=..., tracker=...).")
 ABLATE_LEFT_OUT = (
     "output", "skip_existing", "resume", "no_mask", "no_spatial_ssm", "no_temporal_ssm", "compare", "plot", "eval",
     "eval_scorers",
@@ -73,11 +75,13 @@ def eval_command(
         record = {"source": str(source), "edited": str(edited), **record}
         for note in record["notes"]:
             reporter.line(f"note: {note}")
+        for name, reason in record["skipped"].items():
+            reporter.line(f"skipped {name}: {reason}")
         reporter.release()
         if out is not None:
             plot_curves(path=out.with_suffix(".png"), series={"edit": metrics})
             write_json(path=out, data=record)
-        typer.echo(json.dumps(record, indent=2) if as_json else format_table(metrics=metrics))
+        typer.echo(json.dumps(record, indent=2) if as_json else format_table(metrics=metrics, skipped=record["skipped"]))
 
 
 def _check_out(*, out: Path, inputs: tuple[Path, ...]) -> None:

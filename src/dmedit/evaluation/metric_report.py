@@ -27,12 +27,14 @@ def _direction(metric: Metric) -> str:
     return "higher" if metric.higher_is_better else "lower"
 
 
-def format_table(*, metrics: Mapping[str, Metric]) -> str:
-    """One line per metric: name, value, which direction is better, range, model, extra numbers."""
+def format_table(*, metrics: Mapping[str, Metric], skipped: Mapping[str, str] | None = None) -> str:
+    """One line per metric: name, value, which direction is better, range, model, extra numbers;
+    then one line per skipped metric (value "skipped", the reason in the last column)."""
     rows = [("metric", "value", "better", "range", "model", "extra")]
     for name, metric in metrics.items():
         extra = " ".join(f"{key}={_number(value)}" for key, value in metric.extra.items())
         rows.append((name, _number(metric.value), _direction(metric), metric.value_range, metric.model, extra))
+    rows += [(name, "skipped", "-", "-", "-", reason) for name, reason in (skipped or {}).items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
                      for row in rows).rstrip()

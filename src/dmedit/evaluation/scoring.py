@@ -10,17 +10,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 import numpy as np
 
 from dmedit.core.config import ModelEntry
+from dmedit.core.errors import ModelError
 from dmedit.evaluation.compare import Compared, EvalRequest, load_compared
 from dmedit.evaluation.flow_metrics import flow_metrics
 from dmedit.evaluation.metric_report import plot_curves
 from dmedit.evaluation.metric_types import Metric
 from dmedit.evaluation.metrics import motion_fidelity, psnr_outside_mask, ssim_outside_mask
-from dmedit.evaluation.model_metrics import check_scorer_weights, score_with_models
+from dmedit.evaluation.model_metrics import METRIC_ROLES, check_scorer_weights, score_with_models
 from dmedit.models.backends import resolve_device
 from dmedit.models.model_cache import ModelCache
 from dmedit.models.registry import Registry, load_registry
@@ -33,12 +34,24 @@ if TYPE_CHECKING:
     import torch
 
 
-def check_scorers(*, registry: Registry, scorers: Scorers) -> None:
-    """Before any frame is decoded: every scorer entry the model-based metrics use exists and its
-    weights are here (a builder entry is built); UsageError / ModelError (with the `dmedit models
-    pull` hint) otherwise. Nothing loads."""
-    if scorers.enabled:
+def check_scorers(*, registry: Registry, scorers: Scorers) -> dict[str, str]:
+    """Before any frame is decoded, without loading anything: every scorer entry the model-based
+    metrics use exists (UsageError) and its weights are here (a builder entry is built). A missing
+    one is a ModelError (with the `dmedit models pull` hint) when `scorers.required`; otherwise its
+    metrics are skipped -> {metric: the reason} (empty when every one can run)."""
+    if not scorers.enabled:
+        return {}
+    if scorers.required:
         check_scorer_weights(registry=registry, scorers=scorers.mapping())
+        return {}
+    skipped: dict[str, str] = {}
+    for role in dict.fromkeys(METRIC_ROLES.values()):
+        metrics = [name for name, owner in METRIC_ROLES.items() if owner == role]
+        try:
+            check_scorer_weights(registry=registry, scorers=scorers.mapping(), metrics=metrics)
+        except ModelError as error:
+            skipped.update(dict.fromkeys(metrics, str(error)))
+    return skipped
 
 
 def weight_free_metrics(*, source: np.ndarray, edited: np.ndarray, mask: np.ndarray | None) -> dict[str, Metric]:
@@ -54,14 +67,15 @@ def weight_free_metrics(*, source: np.ndarray, edited: np.ndarray, mask: np.ndar
 
 
 def score(*, compared: Compared, scorers: Scorers, registry: Registry | None, device: "torch.device | None",
-          models: ModelCache | None = None) -> dict[str, Metric]:
-    """The model-based metrics (when `scorers.enabled`; model_metrics.py, their models kept in
-    `models`) then the weight-free ones."""
+          models: ModelCache | None = None, skipped: Collection[str] = ()) -> dict[str, Metric]:
+    """The model-based metrics but the `skipped` ones (when `scorers.enabled`; model_metrics.py,
+    their models kept in `models`) then the weight-free ones."""
     scores: dict[str, Metric] = {}
-    if scorers.enabled:
+    wanted = [name for name in METRIC_ROLES if name not in skipped]
+    if scorers.enabled and wanted:
         scores.update(score_with_models(source=compared.source, edited=compared.edited,
                                         target_text=compared.target_text, registry=registry, device=device,
-                                        scorers=scorers.mapping(), models=models))
+                                        scorers=scorers.mapping(), metrics=wanted, models=models))
     scores.update(weight_free_metrics(source=compared.source, edited=compared.edited, mask=compared.mask))
     return scores
 
@@ -77,8 +91,8 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def eval_record(*, compared: Compared, metrics: Mapping[str, Metric], scorers: Scorers, seconds: float
-                ) -> dict[str, Any]:
+def eval_record(*, compared: Compared, metrics: Mapping[str, Metric], scorers: Scorers, seconds: float,
+                skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The JSON record of one evaluation (the `eval` key of a run report, `dmedit eval --json`)."""
     frames, height, width = compared.source.shape[:3]
     coverage = None if compared.mask is None else round(float(compared.mask.mean()), 6)
@@ -87,7 +101,7 @@ def eval_record(*, compared: Compared, metrics: Mapping[str, Metric], scorers: S
         "size": {"width": width, "height": height},
         "mask": {"from": compared.mask_from, "coverage": coverage},
         "target_text": compared.target_text, "scorers": scorers.to_text(),
-        "metrics": {name: metric.as_json() for name, metric in metrics.items()},
+        "metrics": {name: metric.as_json() for name, metric in metrics.items()}, "skipped": dict(skipped or {}),
         "notes": list(compared.notes), "seconds": round(seconds, 3),
     })
 
@@ -95,14 +109,15 @@ def eval_record(*, compared: Compared, metrics: Mapping[str, Metric], scorers: S
 def evaluate(*, request: EvalRequest, models: ModelCache | None = None) -> tuple[dict[str, Metric], dict[str, Any]]:
     """`dmedit eval`: the metrics and their JSON record for the request (scorers kept in `models`)."""
     started = time.perf_counter()
-    registry, device = None, None
+    registry, device, skipped = None, None, {}
     if request.scorers.enabled:
         registry, device = load_registry(registry_file=request.registry), resolve_device(name=request.device)
-        check_scorers(registry=registry, scorers=request.scorers)
+        skipped = check_scorers(registry=registry, scorers=request.scorers)
     compared = load_compared(request=request)
-    metrics = score(compared=compared, scorers=request.scorers, registry=registry, device=device, models=models)
+    metrics = score(compared=compared, scorers=request.scorers, registry=registry, device=device, models=models,
+                    skipped=skipped)
     return metrics, eval_record(compared=compared, metrics=metrics, scorers=request.scorers,
-                                seconds=time.perf_counter() - started)
+                                seconds=time.perf_counter() - started, skipped=skipped)
 
 
 @dataclass(frozen=True)
@@ -120,11 +135,12 @@ class RunScores:
         started = time.perf_counter()
         compared = Compared(source=clip.source, edited=clip.edited, mask=clip.mask, indices=clip.indices,
                             span_from="run", target_text=clip.target_text, mask_from=clip.mask_origin)
+        skipped = check_scorers(registry=clip.registry, scorers=self.scorers)
         metrics = score(compared=compared, scorers=self.scorers, registry=clip.registry, device=clip.device,
-                        models=clip.models)
+                        models=clip.models, skipped=skipped)
         plot_curves(path=folder / companion(output=output, suffix=".eval.png").name, series={"edit": metrics})
         record = eval_record(compared=compared, metrics=metrics, scorers=self.scorers,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, skipped=skipped)
         return {"eval": record}
 
 

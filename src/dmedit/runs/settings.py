@@ -182,7 +182,8 @@ class OutputSettings:
         help="Score the edit (dmedit eval's metrics) into the report's 'eval' key; curves in OUT.eval.png.",
         panel=OUTPUT))
     eval_scorers: str | None = setting(None, Flag(
-        help="--eval's models: default, none (weight-free only), tiny or ROLE=ENTRY pairs.", panel=OUTPUT,
+        help="--eval's models: default (missing ones skipped), all, none (weight-free only), tiny or ROLE=ENTRY pairs.",
+        panel=OUTPUT,
         shown="default"))
 
     def __post_init__(self) -> None:

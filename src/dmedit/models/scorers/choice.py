@@ -16,10 +16,12 @@ TINY_SCORERS = {"clip": "tiny-clip", "lpips": "tiny-lpips", "tracker": "tiny-tra
 @dataclass(frozen=True)
 class Scorers:
     """Which model-based metrics run: `enabled` False = weight-free only; `entries` (role, registry
-    entry) pairs overriding the defaults (empty = the registry's defaults)."""
+    entry) pairs overriding the defaults (empty = the registry's defaults); `required` False (the
+    default choice) skips a metric whose model's weights are not on this machine, True refuses."""
 
     enabled: bool = True
     entries: tuple[tuple[str, str], ...] = ()
+    required: bool = False
 
     def mapping(self) -> dict[str, str] | None:
         return dict(self.entries) or None
@@ -27,23 +29,26 @@ class Scorers:
     def to_text(self) -> str:
         if not self.enabled:
             return "none"
-        return ",".join(f"{role}={entry}" for role, entry in self.entries) or "default"
+        return ",".join(f"{role}={entry}" for role, entry in self.entries) or ("all" if self.required else "default")
 
 
 def parse_scorers(*, text: str | None, flag: str = "--scorers") -> Scorers:
-    """'default'/None, 'none', 'tiny' (TINY_SCORERS) or 'ROLE=ENTRY,...' (roles of
-    DEFAULT_SCORERS) -> Scorers; UsageError for anything else."""
+    """'default'/None (the registry's models, each skipped when its weights are missing), 'all'
+    (the same, every one required), 'none', 'tiny' (TINY_SCORERS) or 'ROLE=ENTRY,...' (roles of
+    DEFAULT_SCORERS; required) -> Scorers; UsageError for anything else."""
     value = (text or "default").strip()
     if value in ("default", ""):
         return Scorers()
+    if value == "all":
+        return Scorers(required=True)
     if value == "none":
         return Scorers(enabled=False)
     if value == "tiny":
-        return Scorers(entries=tuple(TINY_SCORERS.items()))
+        return Scorers(entries=tuple(TINY_SCORERS.items()), required=True)
     pairs = [[word.strip() for word in part.split("=", 1)] for part in value.split(",") if part.strip()]
     if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
-        raise UsageError(f"{flag} {text!r}: use default, none, tiny or ROLE=ENTRY pairs such as clip=tiny-clip")
+        raise UsageError(f"{flag} {text!r}: use default, all, none, tiny or ROLE=ENTRY pairs such as clip=tiny-clip")
     unknown = [role for role, _ in pairs if role not in DEFAULT_SCORERS]
     if unknown:
         raise UsageError(f"{flag}: unknown role {unknown[0]!r}; roles: {', '.join(DEFAULT_SCORERS)}")
-    return Scorers(entries=tuple((role, entry) for role, entry in pairs))
+    return Scorers(entries=tuple((role, entry) for role, entry in pairs), required=True)

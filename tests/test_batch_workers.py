@@ -117,13 +117,14 @@ def test_local_worker_processes_retry_the_job_of_a_worker_that_died(tmp_path: Pa
 
 
 def test_ray_runs_a_folder_on_two_cpu_workers_each_loading_once(tmp_path: Path, shots: Path, local_ray) -> None:
+    """--workers 3 on a Ray of 2 CPUs and no GPU runs 2 actors (a third would wait forever: issue 23, item 7)."""
     folder = tmp_path / "shots"
     folder.mkdir()
     for name in ("a", "b", "c"):
         (folder / f"{name}.mp4").symlink_to(shots / ("a.mp4" if name == "c" else f"{name}.mp4"))
     (folder / "broken.mp4").write_text("not a video\n")
     out = tmp_path / "out"
-    summary, events = run(folder, out, BatchSettings(ray="auto", workers=2, log_format="jsonl"))
+    summary, events = run(folder, out, BatchSettings(ray="auto", workers=3, log_format="jsonl"))
     assert statuses(summary) == {"a": "done", "b": "done", "broken": "failed", "c": "done"}
     assert [outcome.exit_code for outcome in summary.failed] == [3]
     assert all((out / f"{name}.mp4").is_file() and (out / f"{name}.json").is_file() for name in "abc")

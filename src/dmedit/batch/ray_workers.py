@@ -92,10 +92,14 @@ class RayPool:
     def __init__(self, *, address: str, size: int | None, runner: str, warn: Any) -> None:
         self.ray = _import_ray()
         self.owns = connect(ray=self.ray, address=address)
-        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        resources = self.ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         if gpus and size is not None and size > gpus:
             warn(f"--workers {size}: the cluster has {gpus} GPUs; running {gpus} workers, one per GPU")
             size = gpus
+        if not gpus and size is not None and size > cpus:  # an actor beyond the CPUs would wait forever
+            warn(f"--workers {size}: the cluster has {cpus} CPUs and no GPU; running {cpus} workers, one per CPU")
+            size = cpus
         self.size = size or gpus or 1
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         self.actor_class = self.ray.remote(WorkerActor).options(**resources, max_restarts=0)

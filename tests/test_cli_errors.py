@@ -3,9 +3,7 @@ exit code, no traceback, no output file."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

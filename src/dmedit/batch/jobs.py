@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from dmedit.core.errors import UsageError
-from dmedit.models.registry import load_registry
+from dmedit.models.registry import Registry, load_registry
 from dmedit.runs.settings import RunRequest
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv",
@@ -93,11 +93,11 @@ def load_jobs(*, source: Path, given: Mapping[str, Any], options: RunOptions, ou
     if not rows:
         raise UsageError(f"{source}: no jobs in it")
     out_dir = out_dir.absolute()
-    jobs, problems = [], []
+    jobs, problems, registries = [], [], {}
     for index, row in enumerate(rows, start=1):
         try:
             job = _job(index=index, row=row, given=given, options=options, out_dir=out_dir)
-            _check_settings(job=job)
+            _check_settings(job=job, registries=registries)
             jobs.append(job)
         except UsageError as error:
             problems.append(str(error))
@@ -107,11 +107,15 @@ def load_jobs(*, source: Path, given: Mapping[str, Any], options: RunOptions, ou
     return jobs
 
 
-def _check_settings(*, job: JobSpec) -> None:
+def _check_settings(*, job: JobSpec, registries: dict[Path | None, Registry]) -> None:
     """The job's model entry and method settings as its run will merge them (defaults < entry <
-    the job's), so that a combination only the merge refuses stops the batch before any job runs."""
+    the job's), so that a combination only the merge refuses stops the batch before any job runs.
+    `registries`: each registry file read once for all the jobs."""
     try:
-        entry = load_registry(registry_file=job.request.model.registry).model(job.request.model.name)
+        registry_file = job.request.model.registry
+        if registry_file not in registries:
+            registries[registry_file] = load_registry(registry_file=registry_file)
+        entry = registries[registry_file].model(job.request.model.name)
         job.request.edit_config(entry=entry)
     except UsageError as error:
         raise UsageError(f"{job.where}: {error}") from None

@@ -11,8 +11,8 @@ import dataclasses
 import errno
 import hashlib
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch

@@ -228,13 +228,12 @@ def _first_step(*, session: EditSession, state: EditState, recorder: KeyRecorder
     """The run's first step. When the U-Net is compiled and compiling or running it fails in dynamo,
     inductor or triton, the U-Net goes back to eager for the rest of the run and the step is taken
     again from the same x(θ) and generator state -> (record, names, the failure or None)."""
-    if session.compile is None or not session.compile.enabled:
-        return (*_step(session=session, state=state, recorder=recorder), None)
+    compiled = session.compile is not None and session.compile.enabled
     generator = state.generator.get_state()
     try:
         return (*_step(session=session, state=state, recorder=recorder), None)
     except Exception as error:
-        reason = compile_failure(error)
+        reason = compile_failure(error) if compiled else None
         if reason is None:
             raise
     drop_compiled(unet=session.backend.unet)

@@ -26,7 +26,6 @@ from dmedit.core.files import write_json, write_text
 from dmedit.evaluation.compare import EvalRequest
 from dmedit.evaluation.metric_report import markdown_table, plot_curves
 from dmedit.evaluation.metric_types import Metric
-from dmedit.engine.checkpoints import checkpoint_path
 from dmedit.evaluation.scoring import check_scorers, evaluate
 from dmedit.media.fit import side_by_side
 from dmedit.media.video import probe, read_frames, select_span, write_video
@@ -95,8 +94,7 @@ def _finished_variants(*, request: AblationRequest) -> list[Path]:
     finished = []
     for name, _, changes in VARIANTS:
         output = request.out_dir / f"{name}.mp4"
-        checkpoint = checkpoint_path(folder=companion(output=output, suffix=".run"))
-        if is_complete(output=output, checkpoint=checkpoint) and _same_settings(
+        if is_complete(output=output) and _same_settings(
                 report=companion(output=output, suffix=".json"),
                 variant=_variant(base=request.run, request=request, name=name, changes=changes)):
             finished += [output, companion(output=output, suffix=".json")]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dmedit.core.errors import UsageError
+from dmedit.engine.checkpoints import checkpoint_path
 from dmedit.runs.signals import signals_held
 
 _OWNER = re.compile(r"\.(?:partial|bundle)-(\d+)")
@@ -118,10 +119,11 @@ def staged_bundle(*, output: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def is_complete(*, output: Path, checkpoint: Path) -> bool:
+def is_complete(*, output: Path) -> bool:
     """The output is a finished run's: it exists, its report (OUT.json) names it and has every step
-    of its settings done, and no checkpoint waits to be resumed."""
+    of its settings done, and no checkpoint (OUT.run/checkpoint.pt) waits to be resumed."""
     report = companion(output=output, suffix=".json")
+    checkpoint = checkpoint_path(folder=companion(output=output, suffix=".run"))
     if not output.is_file() or not report.is_file() or checkpoint.exists():
         return False
     try:

@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 
 from dmedit.core.console import Reporter
 from dmedit.core.errors import OutOfMemoryError, UsageError
-from dmedit.engine.checkpoints import checkpoint_path
 from dmedit.masks.files import save_mask_pngs
 from dmedit.masks.regions import draw_preview
 from dmedit.media.video import check_output_path, probe, read_frames, readable_input, write_video
@@ -30,7 +29,7 @@ from dmedit.runs.clip import detect_objects, read_clip
 from dmedit.runs.extras import RunExtra
 from dmedit.runs.levers import check_levers
 from dmedit.runs.optimise import Edited, optimise
-from dmedit.runs.outputs import companion, is_complete, output_lock, remove_stale_partials
+from dmedit.runs.outputs import is_complete, output_lock, remove_stale_partials
 from dmedit.runs.plan import RunPlan, plan_run, span_of
 from dmedit.runs.settings import MaskRequest, RunRequest
 
@@ -68,8 +67,7 @@ def run_edit(*, request: RunRequest, reporter: Reporter, models: ModelCache | No
     if request.output.skip_existing and output.exists():
         reporter.notice(f"{output}: exists, skipped (--skip-existing)")
         return None
-    checkpoint = checkpoint_path(folder=companion(output=output, suffix=".run"))
-    if request.resume and not request.output.overwrite and is_complete(output=output, checkpoint=checkpoint):
+    if request.resume and not request.output.overwrite and is_complete(output=output):
         reporter.notice(f"{output} is complete; nothing to resume (--overwrite runs it again)")
         return None
     models = models if models is not None else ModelCache()

@@ -30,7 +30,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import Grounding
 from transformers.tokenization_utils_base import BatchEncoding
 
 from dmedit.core.errors import ModelError, UsageError
-from dmedit.models.backends.base import Box, Detection, DetectionRun
+from dmedit.models.backends.base import Detection, DetectionRun
 
 
 TINY_SEED = 0

@@ -12,6 +12,8 @@ install:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# The browser tests' Chromium (Debian's chromium and chromium-driver), only where root can apt-get: never fails.
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get update -q >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || echo "note: chromium and chromium-driver are not installed; the browser tests will be skipped"
 
 # The layer contracts (pyproject.toml [tool.importlinter]), then every test on every core.
 test:

@@ -6,13 +6,26 @@ load), as a process killed by the kernel would. A marker file beside the job's o
 that it died, so the retry on another worker runs the job normally.
 
 `runs_out_of_memory`: a job whose name starts with "oom" runs out of memory when its model loads.
+
+`fills_the_disk`: a job whose name starts with "full" runs with its worker's files limited to
+FULL_DISK_BYTES (RLIMIT_FSIZE: a write past it fails with EFBIG, as on a full disk), so its
+checkpoint cannot be written; the limit is lifted when the job ends.
+
+`needs_offline`: a job fails (exit 4) when its worker's hub is not offline, that is when it would
+try to download (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE unset in the worker's environment).
+
+`copies_the_page`: keeps the batch's page (OUT_DIR/index.html) as it is when each job starts, in
+OUT_DIR/../seen/NAME.html, then runs the job.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 
 from dmedit.batch.jobs import JobSpec
+from dmedit.models.hub import is_offline
 from dmedit.models.model_cache import ModelCache
 from dmedit.batch.workers import JobOutcome, run_job
 
@@ -45,3 +58,32 @@ def runs_out_of_memory(*, job: JobSpec, models: ModelCache) -> JobOutcome:
         return run_job(job=job, models=models)
     finally:
         models.backend = loaded  # type: ignore[method-assign]
+
+
+def copies_the_page(*, job: JobSpec, models: ModelCache) -> JobOutcome:
+    seen = job.output.parent.parent / "seen"
+    seen.mkdir(exist_ok=True)
+    shutil.copyfile(job.output.parent / "index.html", seen / f"{job.name}.html")
+    return run_job(job=job, models=models)
+
+
+FULL_DISK_BYTES = 8 * 1024
+"""More than a batch record, less than a checkpoint."""
+
+
+def fills_the_disk(*, job: JobSpec, models: ModelCache) -> JobOutcome:
+    if not job.name.startswith("full"):
+        return run_job(job=job, models=models)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_DISK_BYTES, hard))
+    try:
+        return run_job(job=job, models=models)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def needs_offline(*, job: JobSpec, models: ModelCache) -> JobOutcome:
+    if not is_offline():
+        return JobOutcome(index=job.index, name=job.name, status="failed", exit_code=4,
+                          reason="the worker is online: HF_HUB_OFFLINE is not set there")
+    return run_job(job=job, models=models)

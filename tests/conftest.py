@@ -35,6 +35,8 @@ def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
         TRANSFORMERS_OFFLINE="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         XDG_CONFIG_HOME=str(root / "config"),
+        # Importing torch._dynamo sets it to /tmp/torchinductor_USER otherwise, after this snapshot.
+        TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"),
     )
     os.environ.pop("DMEDIT_MODELS", None)
     warm_dmedit.SESSION_ENVIRONMENT.update(os.environ)

@@ -152,7 +152,8 @@ def test_offload_and_vae_chunks_change_nothing_but_where_modules_wait(tiny_model
     frames = torch.rand(3, 3, 64, 64) * 2 - 1
     latents = plain.encode_video(frames=frames)
     assert torch.allclose(lean.encode_video(frames=frames), latents, atol=1e-5)
-    assert torch.allclose(lean.decode_latents(latents=latents), plain.decode_latents(latents=latents), atol=1e-5)
+    # A batch of 1 and of 8 take different conv kernels: float32 rounding (1.5e-5 seen on AVX-512), not a wrong frame.
+    assert torch.allclose(lean.decode_latents(latents=latents), plain.decode_latents(latents=latents), atol=1e-4)
     assert torch.equal(lean.encode_prompts(prompts=["a dog"]), plain.encode_prompts(prompts=["a dog"]))
     assert moves["plain_vae"] == [] and moves["plain_text"] == [], "without offload nothing moves"
     assert moves["lean_vae"] == ["cpu", "cpu"] * 2, "the VAE goes to the device for each use and back"

@@ -20,7 +20,10 @@ from test_cli_faults import start, wait_for_line
 
 EXIT_USAGE, EXIT_INPUT, EXIT_BATCH_FAILED = 2, 3, 6
 TINY = ("--model", "tiny", "--frames", "4", "--steps", "1")
-BUNDLE = ("a.batch.json", "a.json", "a.mp4", "b.batch.json", "b.json", "b.mp4", "c.batch.json", "c.json", "c.mp4")
+BUNDLE = tuple(f"{job}{suffix}" for job in "abc"
+               for suffix in (".batch.json", ".html", ".json", ".masks", ".mp4", ".source.mp4"))
+"""Each job's files: its batch record, page, run report, the detected mask it used, the edit, the
+source span its page plays."""
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +65,11 @@ def test_a_corrupt_clip_fails_alone_and_reruns_retry_only_the_failure(tmp_path: 
         "a": "done", "b": "done", "broken": "failed", "c": "done"}
     assert done["broken"]["exit_code"] == EXIT_INPUT and "broken.mp4" in done["broken"]["reason"]
     assert events(first)[-1] | {"seconds": 0} == {"event": "summary", "jobs": 4, "done": 3, "skipped": 0,
-                                                   "failed": 1, "interrupted": 0, "pending": 0, "seconds": 0}
+                                                   "failed": 1, "interrupted": 0, "pending": 0, "seconds": 0,
+                                                   "halted": None}
     assert {done[job]["model_loads"] for job in "abc"} == {2}, "one video model and one detector, loaded once"
-    assert sorted(path.name for path in out.iterdir() if not path.name.startswith("broken")) == list(BUNDLE)
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith("broken")) == sorted(
+        [*BUNDLE, "index.html"]), "each job's bundle and the batch's page"
     assert not (out / "broken.mp4").exists()
     last = first.stderr.strip().splitlines()[-1]
     assert last == "error: 1 of 4 jobs failed (broken); run the batch again to retry them"

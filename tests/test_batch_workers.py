@@ -1,13 +1,18 @@
 """The batch's job queue on every kind of worker, through the Python API (in this process, so a
 test can plant a job runner): one worker grouping jobs by model entry, local worker processes and
-Ray actors (a local Ray with two CPU workers) that lose a worker mid-job and retry its job."""
+Ray actors (a local Ray with two CPU workers) that lose a worker mid-job and retry its job, Ray
+actors that get the batch's environment (not their node's) and a Ray batch that starts no more jobs
+once one fails for want of disk space."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from rich.console import Console
@@ -18,10 +23,31 @@ from dmedit.batch.queue import BatchSettings, BatchSummary, run_batch
 from dmedit.core.console import Reporter
 from dmedit.core.errors import BatchFailed
 from dmedit.batch.jobs import RunOptions, load_jobs
+from dmedit.models.hub import OFFLINE_ENVS
 
 TESTS = Path(__file__).resolve().parent
 TINY = {"model": "tiny", "frames": "4", "steps": 1}
 PLANTED = "batch_planted:dies_once"
+RAY_BATCH_SECONDS = 300
+"""A Ray batch still running after this long is stuck (an actor waiting for a CPU it never gets):
+the test fails instead of hanging the suite."""
+
+
+@contextlib.contextmanager
+def fails_after(seconds: int) -> Iterator[None]:
+    """TimeoutError in the block once `seconds` have passed (SIGALRM; the batch waits for Ray in
+    one-second slices, so the error reaches it)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"the batch was still running after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_options() -> RunOptions:
@@ -34,7 +60,8 @@ def run(source: Path, out: Path, settings: BatchSettings, **given: object) -> tu
     jobs = load_jobs(source=source, given={"src": "a square", "tgt": "a circle", **TINY, **given},
                      options=run_options(), out_dir=out)
     reporter = Reporter(console=Console(file=io.StringIO()), quiet=True)
-    summary = run_batch(jobs=jobs, settings=settings, reporter=reporter, emit=lines.append)
+    with fails_after(RAY_BATCH_SECONDS) if settings.ray is not None else contextlib.nullcontext():
+        summary = run_batch(jobs=jobs, settings=settings, reporter=reporter, emit=lines.append)
     return summary, [json.loads(line) for line in lines]
 
 
@@ -52,19 +79,23 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray(tiny_model_dir: Path):
-    """A local Ray of two CPUs whose workers import this folder's modules (the planted runner)."""
+    """A local Ray of two CPUs whose workers import this folder's modules (the planted runners)
+    and, like the workers of a node started elsewhere, lack this process's offline switches: what
+    they get of this process's environment is what the batch forwards."""
     import ray
 
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved]))
-    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR")
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved.get("PYTHONPATH")]))
+    for name in OFFLINE_ENVS:
+        os.environ.pop(name, None)
+    try:
+        ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     yield ray
     ray.shutdown()
-    if saved is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = saved
 
 
 def test_one_worker_groups_jobs_by_model_entry(tmp_path: Path, shots: Path, tiny_model_dir: Path) -> None:
@@ -143,3 +174,45 @@ def test_ray_retries_the_job_of_a_worker_killed_mid_job(tmp_path: Path, shots: P
     summary.raise_for_failures()
     died_and_retried(events, "crash")
     assert json.loads((out / "crash.json").read_text())["steps_done"] == 1
+
+
+def test_ray_workers_get_the_batch_environment_not_their_nodes(
+        tmp_path: Path, shots: Path, tiny_model_dir: Path, local_ray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--offline (HF_HUB_OFFLINE, set in the batch's process) and $DMEDIT_MODELS reach the actors,
+    whose Ray started without them (issue 23, item 6)."""
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'[models.my-tiny]\nbase = "tiny"\npath = "{tiny_model_dir}"\n')
+    monkeypatch.setenv("DMEDIT_MODELS", str(registry))
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    (folder / "a.mp4").symlink_to(shots / "a.mp4")
+    out = tmp_path / "out"
+    settings = BatchSettings(ray="auto", workers=1, log_format="jsonl", runner="batch_planted:needs_offline")
+    summary, _ = run(folder, out, settings, model="my-tiny")
+    assert statuses(summary) == {"a": "done"}, [outcome.reason for outcome in summary.outcomes]
+    model = json.loads((out / "a.json").read_text())["model"]
+    assert (model["name"], model["source_file"]) == ("my-tiny", str(registry)), "the entry $DMEDIT_MODELS defines"
+
+
+def test_ray_starts_no_more_jobs_once_one_fails_for_want_of_disk_space(
+        tmp_path: Path, shots: Path, local_ray) -> None:
+    """Issue 23, item 4 on Ray actors: the failed job says why, the next is not started, a rerun goes on."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("a", "full", "z"):
+        (folder / f"{name}.mp4").symlink_to(shots / "a.mp4")
+    out = tmp_path / "out"
+    summary, events = run(folder, out, BatchSettings(ray="auto", workers=1, log_format="jsonl",
+                                                     runner="batch_planted:fills_the_disk"))
+    assert statuses(summary) == {"a": "done", "full": "failed", "z": "pending"}
+    assert [event["job"] for event in events if event["event"] == "start"] == ["a", "full"]
+    (failed,) = summary.failed
+    assert failed.disk_full and "full.run/checkpoint.pt" in failed.reason and "File too large" in failed.reason
+    assert events[-1]["halted"] == "the disk ran out of space in job full"
+    assert json.loads((out / "full.batch.json").read_text())["disk_full"] is True
+    with pytest.raises(BatchFailed) as raised:
+        summary.raise_for_failures()
+    assert str(raised.value) == ("1 of 3 jobs failed (full); 1 not started: the disk ran out of space in job full; "
+                                 "free space and run the batch again to go on")
+    rerun, _ = run(folder, out, BatchSettings(workers=1, log_format="jsonl"))
+    assert statuses(rerun) == {"a": "skipped", "full": "done", "z": "done"}

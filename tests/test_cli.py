@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from clips import make_clip
 from dmedit.cli.app import app
 from test_cli_errors import dmedit
+from test_figures import matplotlib_png, panel_size
 
 runner = CliRunner()
 
@@ -110,7 +111,9 @@ def test_run_tiny_writes_video_report_compare_and_plot(tmp_path: Path) -> None:
     assert report["input"]["fps"] == "30000/1001" and report["peak_memory"]["rss_mib"] > 0
     compare = streams(tmp_path / "out put.compare.mp4")
     assert compare["width"] >= 3 * 97 and compare["frames"] == 6
-    assert (tmp_path / "out put.loss.png").stat().st_size > 0
+    assert matplotlib_png(tmp_path / "out put.loss.png") == panel_size(3), "a panel per loss term"
+    assert report["masks"] == str(tmp_path / "out put.masks"), "the detected mask is kept"
+    assert len(list((tmp_path / "out put.masks").glob("*.png"))) == 6
     assert not (tmp_path / "out put.run").exists(), "the checkpoint folder is removed after success"
 
 

@@ -72,7 +72,7 @@ def test_sigterm_while_the_bundle_is_written_leaves_all_or_nothing(tmp_path: Pat
     code = process.wait(timeout=120)
     names = bundle_files(tmp_path)
     if code == 0:
-        assert names == ["out.compare.mp4", "out.json", "out.loss.png", "out.mp4"], names
+        assert names == ["out.compare.mp4", "out.html", "out.json", "out.loss.png", "out.mp4", "out.source.mp4"], names
     else:
         assert code == EXIT_TERMINATED and "Traceback" not in rest, rest
         assert names == [], f"a terminated run leaves no file behind: {names}"
@@ -106,7 +106,7 @@ def test_stale_partials_of_a_killed_run_are_removed(tmp_path: Path, ntsc_clip: P
     alive.write_bytes(b"a running process's file")
     result = dmedit(*tiny_args(ntsc_clip, tmp_path / "out.mp4", "--steps", "1"))
     assert result.returncode == 0, result.stderr
-    assert bundle_files(tmp_path) == sorted(["out.json", "out.mp4", alive.name])
+    assert bundle_files(tmp_path) == sorted(["out.html", "out.json", "out.mp4", "out.source.mp4", alive.name])
 
 
 def test_scripts_may_always_pass_resume(tmp_path: Path, ntsc_clip: Path) -> None:

@@ -6,7 +6,9 @@ unless asked, with a failed compile going back to eager."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ from typer.testing import CliRunner
 
 from dmedit.cli.app import app
 from dmedit.engine import editor
-from dmedit.engine.compilation import CompileChoice, choose_compile, compile_counters, compile_failure
+from dmedit.engine.compilation import (
+    CACHE_ENV, CompileChoice, choose_compile, compile_counters, compile_failure, use_cache_folder,
+)
 from dmedit.core.config import EditConfig
 from dmedit.core.errors import ModelError, UsageError
 from dmedit.engine.speed import choose_checkpointing, step_memory_estimate
@@ -37,6 +41,18 @@ def _refuse_to_compile(graph_module, example_inputs):
 if FAILING_BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
     torch._dynamo.register_backend(compiler_fn=_refuse_to_compile, name=FAILING_BACKEND)
 FAILING = CompileChoice(enabled=True, mode="default", backend=FAILING_BACKEND, reason="test")
+FULL_DISK_BACKEND = "dmedit-test-full-disk"
+
+
+def _write_the_cache_on_a_full_disk(graph_module, example_inputs):
+    """Inductor on a full disk: a temporary file of this process begun in the cache, then ENOSPC."""
+    partial = Path(os.environ[CACHE_ENV]) / "fxgraph" / f".{os.getpid()}.1.tmp"
+    partial.write_bytes(b"half a kernel")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
+
+
+if FULL_DISK_BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
+    torch._dynamo.register_backend(compiler_fn=_write_the_cache_on_a_full_disk, name=FULL_DISK_BACKEND)
 GIB = 2 ** 30
 
 
@@ -256,6 +272,41 @@ def test_a_failing_compile_runs_eager_to_the_eager_result(tiny_backend, frames) 
     assert fell_back.history == eager.history and fell_back.steps_done == 3
     assert torch.allclose(fell_back.latents, eager.latents, rtol=1e-6, atol=1e-7)
     assert getattr(tiny_backend.unet, "_compiled_call_impl", None) is None
+
+
+def test_the_inductor_cache_goes_to_dmedits_cache_unless_the_user_chose_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch._dynamo's import sets $TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_USER: that is not
+    the user's choice, so dmedit's <cache>/inductor replaces it; a folder the user set stays."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    ours = tmp_path / "dmedit-cache" / "inductor"
+    monkeypatch.setenv(CACHE_ENV, default_cache_dir())
+    assert use_cache_folder(folder=ours) == ours and os.environ[CACHE_ENV] == str(ours) and ours.is_dir()
+    theirs = tmp_path / "theirs"
+    monkeypatch.setenv(CACHE_ENV, str(theirs))
+    assert use_cache_folder(folder=ours) == theirs and theirs.is_dir()
+
+
+def test_a_compile_cache_that_cannot_be_written_stops_the_run_naming_it(
+        tiny_backend, frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while inductor writes its cache is a system error (exit 1, core.errors), not a
+    reason to run eager; inductor's temporary file of this process is removed."""
+    cache = tmp_path / "inductor"
+    partial = cache / "fxgraph" / f".{os.getpid()}.1.tmp"
+    partial.parent.mkdir(parents=True)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+
+    torch._dynamo.reset()
+    warnings: list[str] = []
+    full_disk = CompileChoice(enabled=True, mode="default", backend=FULL_DISK_BACKEND, reason="test")
+    with pytest.raises(OSError) as raised:
+        editor.optimise(session=_three_steps(_session(tiny_backend, frames[:2], compile=full_disk)),
+                        on_warning=warnings.append)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(partial)
+    assert "cannot write inductor's compile cache" in raised.value.strerror and "--no-compile" in raised.value.strerror
+    assert warnings == [], "no fall-back to eager"
+    assert not partial.exists()
 
 
 def test_an_error_of_the_run_itself_is_not_taken_for_a_compile_failure(tiny_backend, frames, monkeypatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from clips import make_clip
 from test_cli_errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, assert_clean_failure, dmedit
+from test_figures import matplotlib_png, panel_size
 
 PAPER_METRICS = {"text_align", "frame_con", "frame_lpips", "motion_fidelity"}
 WEIGHT_FREE = {"motion_fidelity_lk", "flow_epe", "warp_error", "psnr_outside_mask", "ssim_outside_mask"}
@@ -64,12 +65,14 @@ def test_run_eval_scores_into_the_report_and_eval_follows_the_report(tmp_path: P
     assert set(scores["metrics"]) == PAPER_METRICS | WEIGHT_FREE
     assert scores["span"]["source_indices"] == list(range(4, 10)) and scores["target_text"] == "a green square"
     assert scores["mask"]["from"] == "file" and 0 < scores["mask"]["coverage"] < 1
-    assert cv2.imread(str(tmp_path / "edit.eval.png")) is not None, "the per-frame curves beside the report"
+    curves = [name for name, metric in scores["metrics"].items() if metric["per_frame"]]
+    assert matplotlib_png(tmp_path / "edit.eval.png") == panel_size(len(curves)), "the curves beside the report"
 
     # `dmedit eval` on the written files finds the same span, mask and target in the report.
     record = record_of(dmedit("eval", str(clip), str(output), "--scorers", "none", "--json"))
     assert record["span"] == {"from": "report", "frames": 6, "source_indices": list(range(4, 10))}
-    assert record["mask"]["from"].startswith("the run report") and record["target_text"] == "a green square"
+    assert record["mask"]["from"] == f"the run's saved mask: {tmp_path / 'edit.masks'}"
+    assert record["target_text"] == "a green square"
     masked = record["metrics"]["psnr_outside_mask"]["value"]
 
     # --mask full scores every pixel: the edit inside the mask now counts, so PSNR drops.
@@ -80,7 +83,8 @@ def test_run_eval_scores_into_the_report_and_eval_follows_the_report(tmp_path: P
     assert names[0] == "metric" and set(names[1:]) == WEIGHT_FREE
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["metrics"]["psnr_outside_mask"]["value"] < masked
-    assert cv2.imread(str(tmp_path / "scores.png")) is not None
+    curves = [name for name, metric in saved["metrics"].items() if metric["per_frame"]]
+    assert matplotlib_png(tmp_path / "scores.png") == panel_size(len(curves)), "the curves beside --out"
 
 
 def test_eval_flags_choose_the_span_without_a_report(tmp_path: Path, clip: Path) -> None:
@@ -152,7 +156,7 @@ def test_an_ablation_rerun_scores_the_finished_runs_without_running_them(tmp_pat
     args = ["ablate", str(clip), "--src", "a red square", "--tgt", "a green square", "--model", "tiny",
             "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "none", "--out-dir", str(folder)]
     assert dmedit(*args).returncode == 0
-    for name in ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4"):
+    for name in ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4", "index.html"):
         (folder / name).unlink()
     runs = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
     rerun = dmedit(*args)
@@ -189,7 +193,9 @@ def test_ablate_writes_the_four_runs_the_table_and_the_side_by_side(tmp_path: Pa
         stream = container.streams.video[0]
         size, frames = (stream.codec_context.width, stream.codec_context.height), sum(1 for _ in container.decode(video=0))
     assert size[0] == 4 * 96 and size[1] > 64 and frames == 4, "four labelled panels side by side"
-    assert cv2.imread(str(folder / "ablation.png")) is not None
+    curves = {name for run in table["runs"].values() for name, metric in run["eval"]["metrics"].items()
+              if metric["per_frame"]}
+    assert matplotlib_png(folder / "ablation.png") == panel_size(len(curves)), "a panel per metric with curves"
 
     again = dmedit(*args)
     assert again.returncode == EXIT_USAGE and "ablation.md exists" in again.stderr

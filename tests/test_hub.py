@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from dmedit.models import hub
+from dmedit.models import download, hub
 from dmedit.core.config import DetectorEntry, ModelEntry
 from dmedit.core.errors import ModelError, UsageError
 from dmedit.models.registry import load_registry
@@ -81,7 +81,7 @@ def fake_builder(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
 @pytest.fixture()
 def reachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """`pull` goes straight to huggingface_hub (replaced by fakes in the test): no reachability check."""
-    monkeypatch.setattr(hub, "check_hub_reachable", lambda *, label: None)
+    monkeypatch.setattr(download, "check_hub_reachable", lambda *, label: None)
 
 
 def closed_port() -> int:
@@ -164,7 +164,7 @@ def test_interrupted_download_is_not_used(offline_hub: Path) -> None:
 def test_pull_offline_fails_with_model_error_naming_model_and_repo() -> None:
     zeroscope = load_registry().model("zeroscope")
     with pytest.raises(ModelError) as caught:
-        hub.pull(entry=zeroscope)
+        download.pull(entry=zeroscope)
     message = str(caught.value)
     assert "model 'zeroscope'" in message and "cerspense/zeroscope_v2_576w" in message
     assert "offline" in message and "\n" not in message
@@ -181,7 +181,7 @@ def test_pull_network_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", unreachable)
     detector = load_registry().detector("grounding-dino-tiny")
     with pytest.raises(ModelError) as caught:
-        hub.pull(entry=detector)
+        download.pull(entry=detector)
     assert str(caught.value) == (
         "cannot pull detector 'grounding-dino-tiny' from IDEA-Research/grounding-dino-tiny@main: "
         "ConnectionError: Failed to resolve 'huggingface.co'"
@@ -202,17 +202,17 @@ def test_pull_fetches_variant_weights_into_the_hub_cache(
         assert hub_logging.get_verbosity() == logging.ERROR  # no "Retrying in 1s" warnings on stderr
         return MODELSCOPE_LISTING
 
-    def download(repo_id, *, revision, cache_dir, allow_patterns, **kwargs):
+    def fake_snapshot_download(repo_id, *, revision, cache_dir, allow_patterns, **kwargs):
         requests.append(("download", repo_id, revision, Path(cache_dir), allow_patterns))
         return str(write_snapshot(Path(cache_dir), repo=repo_id, revision=revision, files={"model_index.json": b"{}"}))
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     modelscope = load_registry().model("modelscope")
 
-    folder = hub.pull(entry=modelscope)
+    folder = download.pull(entry=modelscope)
 
     assert folder.parent.parent.parent == offline_hub and (folder / "model_index.json").is_file()
     assert requests[0] == ("list", "ali-vilab/text-to-video-ms-1.7b", modelscope.revision)
@@ -232,7 +232,7 @@ def test_unreachable_hub_is_one_line_naming_host_and_reason(monkeypatch: pytest.
     port = closed_port()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}/")
     with pytest.raises(ModelError) as caught:
-        hub.check_hub_reachable(label="model 'zeroscope'")
+        download.check_hub_reachable(label="model 'zeroscope'")
     message = str(caught.value)
     assert message.startswith(f"cannot reach 127.0.0.1:{port} (Connection refused) to pull model 'zeroscope'; ")
     assert "\n" not in message and "proxy" in message
@@ -241,7 +241,7 @@ def test_unreachable_hub_is_one_line_naming_host_and_reason(monkeypatch: pytest.
         server.bind(("127.0.0.1", 0))
         server.listen()
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        hub.check_hub_reachable(label="model 'zeroscope'")
+        download.check_hub_reachable(label="model 'zeroscope'")
 
 
 def test_with_a_proxy_the_proxy_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +249,7 @@ def test_with_a_proxy_the_proxy_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
     monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
     with pytest.raises(ModelError, match=rf"^cannot reach the proxy 127\.0\.0\.1:{port} \(Connection refused\)"):
-        hub.check_hub_reachable(label="model 'zeroscope'")
+        download.check_hub_reachable(label="model 'zeroscope'")
 
     with socket.socket() as server:  # NO_PROXY exempts the endpoint: connected directly, proxy unused
         server.bind(("127.0.0.1", 0))
@@ -257,7 +257,7 @@ def test_with_a_proxy_the_proxy_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
         monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        hub.check_hub_reachable(label="model 'zeroscope'")
+        download.check_hub_reachable(label="model 'zeroscope'")
 
 
 def test_models_pull_without_network_is_one_line_and_exit_4(tmp_path: Path) -> None:
@@ -302,7 +302,7 @@ def test_path_entry_needs_its_marker_file(tmp_path: Path) -> None:
 
     (folder / "model_index.json").write_text("{}", encoding="utf-8")
     assert hub.resolve_weights(entry=entry) == folder
-    assert hub.pull(entry=entry) == folder
+    assert download.pull(entry=entry) == folder
     detector = DetectorEntry(name="my-detector", family="grounding_dino", path=str(folder))
     assert hub.local_model_dir(entry=detector) is None
 
@@ -314,7 +314,7 @@ def test_builder_entry_is_built_once_into_the_cache(tmp_path: Path, fake_builder
 
     assert hub.resolve_weights(entry=entry) == target
     assert hub.resolve_weights(entry=entry) == target
-    assert hub.pull(entry=entry) == target
+    assert download.pull(entry=entry) == target
     assert len(fake_builder.calls) == 1
     assert (target / "model_index.json").read_text(encoding="utf-8") == '{"built": "here"}'
     assert hub.weights_present(entry=entry)

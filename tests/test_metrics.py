@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from dmedit.evaluation.flow_metrics import flow_endpoint_error, flow_metrics, warp_error
-from dmedit.evaluation.metric_report import PANEL_HEIGHT, format_table, markdown_table, plot_curves
+from dmedit.evaluation.metric_report import format_table, markdown_table, plot_curves
 from dmedit.evaluation.metrics import PSNR_CAP_DB, motion_fidelity, psnr_outside_mask, ssim_outside_mask
+from test_figures import matplotlib_png, panel_size
 
 FRAMES, HEIGHT, WIDTH = 10, 64, 96
 SQUARE, DISC = 20, 18
@@ -172,6 +173,5 @@ def test_table_markdown_and_curves_show_every_metric(tmp_path, source: np.ndarra
     assert rows[0] == "| run | flow_epe ↓ | psnr_outside_mask ↑ |" and len(rows) == 3
     path = tmp_path / "curves.png"
     plot_curves(path=path, series={"a": metrics, "b": metrics})
-    image = cv2.imread(str(path))
-    assert image.shape[0] == 2 * PANEL_HEIGHT  # one panel per metric with per-frame values
+    assert matplotlib_png(path) == panel_size(2), "one panel per metric with per-frame values"
     assert not math.isnan(metrics["flow_epe"].value)

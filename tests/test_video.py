@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clips import make_clip
-from dmedit.core.errors import InputError, UsageError
+from dmedit.core.errors import InputError, NotWritable, UsageError
 from dmedit.media.video import check_output_path, probe, select_span, write_video
 
 NTSC = Fraction(30000, 1001)
@@ -188,8 +188,10 @@ def test_output_path_problems_are_usage_errors(tmp_path: Path):
     with pytest.raises(UsageError, match="exists; pass --overwrite"):
         check_output_path(output=existing, inputs=[], overwrite=False)
     check_output_path(output=existing, inputs=[], overwrite=True)
-    with pytest.raises(UsageError, match="does not exist"):
-        check_output_path(output=tmp_path / "no such folder" / "out.mp4", inputs=[], overwrite=False)
+    check_output_path(output=tmp_path / "new" / "folder" / "out.mp4", inputs=[], overwrite=False)
+    assert not (tmp_path / "new").exists(), "the run creates a missing folder, the check does not"
+    with pytest.raises(UsageError, match="out.mp4 is a file, not a folder"):
+        check_output_path(output=existing / "sub" / "out.mp4", inputs=[], overwrite=False)
     with pytest.raises(UsageError, match="is a folder"):
         check_output_path(output=tmp_path, inputs=[], overwrite=True)
     check_output_path(output=tmp_path / "new.mp4", inputs=[], overwrite=False)
@@ -203,7 +205,7 @@ def refuses_new_files(folder: Path) -> bool:
         return True
 
 
-def test_unwritable_output_folder_is_a_usage_error(tmp_path: Path):
+def test_unwritable_output_folder_is_a_system_error(tmp_path: Path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -211,7 +213,8 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path: Path):
         folder = locked if refuses_new_files(locked) else Path("/sys")  # root ignores permission bits
         if not folder.is_dir() or not refuses_new_files(folder):
             pytest.skip("no folder here refuses new files to this user")
-        with pytest.raises(UsageError, match="cannot write"):
+        with pytest.raises(NotWritable, match="cannot write") as refused:
             check_output_path(output=folder / "out.mp4", inputs=[], overwrite=False)
+        assert refused.value.exit_code == 1, "a refused write is a system error (exit 1), not a usage error"
     finally:
         locked.chmod(0o700)

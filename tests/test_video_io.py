@@ -191,7 +191,7 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(
     real_even_frame, partial_seen = dmedit.media.encode._even_frame, []
 
     def interrupt_late(frame: np.ndarray) -> np.ndarray:
-        partial_seen.append([p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.partial-")])
+        partial_seen.append([p.name for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")])
         if len(partial_seen) == 70:  # after x264's look-ahead, so the partial file holds frames
             raise KeyboardInterrupt
         return real_even_frame(frame)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -25,17 +26,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from dmedit.core.threads import configure_threads
 
 WARM_PARENT = r"""
-import atexit, json, os, runpy, sys, traceback
+import atexit, json, os, resource, runpy, sys, traceback
 
 from dmedit.core.threads import configure_threads
 
 configure_threads()
 import dmedit.batch.queue, dmedit.cli.app, dmedit.evaluation.ablation, dmedit.evaluation.scoring, dmedit.runs.pipeline
+import jinja2, matplotlib.backends.backend_agg, matplotlib.figure  # imported lazily by every run's page and figures
 
 
 def child(request):
@@ -47,6 +49,8 @@ def child(request):
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
                                 (2, request["stderr"], os.O_WRONLY)):
             os.dup2(os.open(path, flags), fd)
+        if request["file_size_limit"] is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (request["file_size_limit"],) * 2)
         sys.argv = ["dmedit", *request["args"]]
         try:
             runpy.run_module("dmedit", run_name="__main__", alter_sys=True)
@@ -113,13 +117,14 @@ class WarmParent:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, *, args: list[str], cwd: Path | None, timeout: float) -> subprocess.CompletedProcess:
+    def run(self, *, args: list[str], cwd: Path | None, timeout: float, file_size_limit: int | None
+            ) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory(prefix="dmedit-call-") as folder:
             out, err = Path(folder, "stdout"), Path(folder, "stderr")
             out.touch()
             err.touch()
             request = {"args": args, "cwd": str(cwd or os.getcwd()), "env": dict(os.environ),
-                       "stdout": str(out), "stderr": str(err)}
+                       "stdout": str(out), "stderr": str(err), "file_size_limit": file_size_limit}
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
             pid = self._reply(timeout=60)["pid"]
@@ -152,14 +157,23 @@ def _read_at_import(environment: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in effective.items() if name.startswith(IMPORT_TIME_PREFIXES)}
 
 
-def dmedit(*args: str, cwd: Path | None = None, timeout: float = 240, fresh: bool = False
-           ) -> subprocess.CompletedProcess:
+def _limit_file_size(limit: int | None) -> Callable[[], None] | None:
+    if limit is None:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def dmedit(*args: str, cwd: Path | None = None, timeout: float = 240, fresh: bool = False,
+           file_size_limit: int | None = None) -> subprocess.CompletedProcess:
     """`python -m dmedit ARGS` with this process's environment, stdin from /dev/null and text output
     captured, like subprocess.run; forked from the warm parent unless `fresh` or a variable read
-    at import differs from the warm parent's."""
+    at import differs from the warm parent's. `file_size_limit`: no file of the process may grow
+    past that many bytes (RLIMIT_FSIZE: a write beyond fails with EFBIG, as on a full disk; in a
+    forked child its stdout and stderr files are under the limit too, so keep them short)."""
     if fresh or not SESSION_ENVIRONMENT or _read_at_import(os.environ) != _read_at_import(SESSION_ENVIRONMENT):
         return subprocess.run([sys.executable, "-m", "dmedit", *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd, env=os.environ.copy(), stdin=subprocess.DEVNULL)
+                              timeout=timeout, cwd=cwd, env=os.environ.copy(), stdin=subprocess.DEVNULL,
+                              preexec_fn=_limit_file_size(file_size_limit))
     if not _warm or _warm[0].process.poll() is not None:
         _warm[:] = [WarmParent(environment=dict(SESSION_ENVIRONMENT))]
-    return _warm[0].run(args=list(args), cwd=cwd, timeout=timeout)
+    return _warm[0].run(args=list(args), cwd=cwd, timeout=timeout, file_size_limit=file_size_limit)

@@ -11,23 +11,50 @@ each bundle there atomically, as `dmedit run` does.
 starts a local one when there is none; local always starts one here; anything else is the
 address of a cluster (host:6379 or ray://host:10001). A batch joins a Ray already initialised in
 its process (a script or a test) and leaves it running.
+
+Actors get the environment a local run honours (`worker_environment`: --offline, the hub and model
+caches, $DMEDIT_MODELS, the thread settings), through Ray's runtime_env: a node's worker processes
+otherwise have the environment that node's Ray was started with. Ray's own SIGTERM handler (it
+exits at once) is replaced by the batch's again after ray.init, so SIGTERM stops a Ray batch as it
+stops a local one: the summary, exit 143, done jobs kept, the busy ones resumed by the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from dmedit.core.errors import UsageError
+from dmedit.core.threads import THREAD_COUNT_VARIABLES, WAIT_POLICY_VARIABLES
 from dmedit.batch.jobs import JobSpec
 from dmedit.batch.workers import JobOutcome, Worker, WorkerLost, load_runner, one_line
+from dmedit.engine.compilation import CACHE_ENV as INDUCTOR_CACHE_ENV
+from dmedit.models.hub import CACHE_ENV, OFFLINE_ENVS
+from dmedit.models.registry import MODELS_ENV
+from dmedit.runs.signals import stop_after_step
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024
 """A local Ray's object store: jobs and outcomes are small (the bundles go to --out-dir)."""
 WAIT_SECONDS = 1.0
-"""ray.wait in slices, so Ctrl-C reaches the batch between them."""
+"""ray.wait in slices: Ctrl-C and SIGTERM are noted during a slice and reach the batch after it."""
 CONNECT_SECONDS = 10.0
+WORKER_ENVIRONMENT = (*OFFLINE_ENVS, "HF_HUB_DISABLE_PROGRESS_BARS", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE",
+                      "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", CACHE_ENV, MODELS_ENV,
+                      INDUCTOR_CACHE_ENV, *WAIT_POLICY_VARIABLES)
+"""Variables a run reads (set by the user, or by cli.runtime.prepare_environment from --offline),
+forwarded to every actor when set here; the thread counts too when the user set them."""
+
+
+def worker_environment(*, share_cpus: bool) -> dict[str, str]:
+    """This process's values of WORKER_ENVIRONMENT (and of the thread counts unless `share_cpus`:
+    the user chose them), for the actors' runtime_env."""
+    names = WORKER_ENVIRONMENT + (() if share_cpus else THREAD_COUNT_VARIABLES)
+    return {name: os.environ[name] for name in names if os.environ.get(name, "").strip()}
 
 
 class WorkerActor:
@@ -65,6 +92,18 @@ def _check_reachable(*, address: str) -> None:
                          "is the cluster started (ray start --head)?") from None
 
 
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Put this process's SIGTERM handler back after the block: ray.init installs one that exits
+    at once (with a Ray traceback, exit 1 for a Ray it started) instead of stopping the batch."""
+    kept = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if kept is not None:
+            signal.signal(signal.SIGTERM, kept)
+
+
 def connect(*, ray: Any, address: str) -> bool:
     """Join or start Ray for `address`; True when this batch started it (and so shuts it down)."""
     if ray.is_initialized():
@@ -74,13 +113,14 @@ def connect(*, ray: Any, address: str) -> bool:
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     local = {**quiet, "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
     try:
-        if address == "auto":
-            try:
-                ray.init(address="auto", **quiet)
-            except ConnectionError:
-                ray.init(address="local", **local)
-        else:
-            ray.init(address=address, **(local if address == "local" else quiet))
+        with sigterm_handler_kept():
+            if address == "auto":
+                try:
+                    ray.init(address="auto", **quiet)
+                except ConnectionError:
+                    ray.init(address="local", **local)
+            else:
+                ray.init(address=address, **(local if address == "local" else quiet))
     except (ConnectionError, ValueError, RuntimeError) as error:
         raise UsageError(f"--ray {address}: cannot reach Ray ({one_line(str(error))})") from None
     return True
@@ -89,7 +129,7 @@ def connect(*, ray: Any, address: str) -> bool:
 class RayPool:
     """Worker actors on a Ray cluster; `slot` K is actor K."""
 
-    def __init__(self, *, address: str, size: int | None, runner: str, warn: Any) -> None:
+    def __init__(self, *, address: str, size: int | None, runner: str, warn: Any, share_cpus: bool = True) -> None:
         self.ray = _import_ray()
         self.owns = connect(ray=self.ray, address=address)
         resources = self.ray.cluster_resources()
@@ -102,8 +142,10 @@ class RayPool:
             size = cpus
         self.size = size or gpus or 1
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        self.actor_class = self.ray.remote(WorkerActor).options(**resources, max_restarts=0)
-        self.runner, self.threads = runner, None if gpus else 1
+        environment = worker_environment(share_cpus=share_cpus)
+        self.actor_class = self.ray.remote(WorkerActor).options(
+            **resources, max_restarts=0, **({"runtime_env": {"env_vars": environment}} if environment else {}))
+        self.runner, self.threads = runner, None if gpus or not share_cpus else 1
         self.actors = [self._start() for _ in range(self.size)]
         self.pending: dict[int, Any] = {}
 
@@ -126,8 +168,11 @@ class RayPool:
         slots = {reference: slot for slot, reference in self.pending.items()}
         deadline = None if timeout is None else time.monotonic() + timeout
         ready: list[Any] = []
-        while not ready and (deadline is None or time.monotonic() < deadline):
-            ready, _ = self.ray.wait(list(slots), num_returns=1, timeout=WAIT_SECONDS)
+        with stop_after_step() as signalled:  # a handler raising inside ray.wait's C code is a SystemError
+            while not ready and not signalled() and (deadline is None or time.monotonic() < deadline):
+                ready, _ = self.ray.wait(list(slots), num_returns=1, timeout=WAIT_SECONDS)
+        if signalled():
+            signal.raise_signal(signalled())  # to the batch's own handler, between two slices
         results = []
         for reference in ready:
             slot = slots[reference]

@@ -3,10 +3,12 @@
 The sidecar records the job's input fingerprint (size, mtime_ns and a SHA-256 of the input's
 first and last MiB) and its options (the run request as a dict). A worker writes it, each time
 atomically, with state "started" before a job runs, then "done" after the bundle is in place, or
-"failed" / "interrupted" with the exit code and reason. A job is done when OUT.mp4, OUT.json and
-a "done" sidecar with the same fingerprint and options exist: the next run of the batch skips it.
-Any other sidecar with the same fingerprint and options is a job that did not finish (a killed
-batch, a signal): it resumes from its checkpoint (OUT.run/) when one was written.
+"failed" / "interrupted" with the exit code, the reason and `disk_full` (it failed for want of
+space), when the disk still takes that much. A job is done when OUT.mp4, OUT.json and a "done"
+sidecar with the same fingerprint and options exist: the next run of the batch skips it. Any other
+sidecar with the same fingerprint and options is a job that did not finish (a killed batch, a
+signal, a full disk): it resumes from its checkpoint (OUT.run/) when one was written. A job with no
+sidecar (not started: a batch that stopped for a full disk or a signal) runs afresh.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dmedit.batch.jobs import JobSpec
+from dmedit.core.files import write_text
 from dmedit.runs.outputs import companion
 
 SIDECAR_SUFFIX = ".batch.json"
@@ -62,18 +65,14 @@ def read_sidecar(*, output: Path) -> dict[str, Any] | None:
 
 
 def write_sidecar(*, job: JobSpec, state: str, extra: Mapping[str, Any] | None = None) -> None:
-    """Write the job's sidecar atomically (a hidden partial file of this process, then a rename)."""
+    """Write the job's sidecar atomically (a hidden partial file of this process, then a rename);
+    a failed write is an OSError naming the sidecar, with the error's number (a full disk)."""
     path = sidecar_path(output=job.output)
     record = {"format": SIDECAR_FORMAT, "state": state, "job": job.name, "input_path": str(job.request.video),
               "input": job.fingerprint, "options": job_options(job=job),
               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_text(path=path, text=json.dumps(record, indent=2) + "\n")
 
 
 def _same_job(*, record: Mapping[str, Any] | None, job: JobSpec) -> bool:

@@ -4,7 +4,9 @@ once per worker, and runs one job at a time with a job runner.
 The runner is named by a "module:function" string (default `dmedit.batch.workers:run_job`) and loaded in
 the worker, so a test can plant a runner of its own (e.g. one that kills its worker) without a
 hook in this code. A runner takes (job=JobSpec, models=ModelCache) and returns a JobOutcome; it
-never raises for a bad job: the failure is the outcome (exit code and one-line reason).
+never raises for a bad job: the failure is the outcome (exit code and one-line reason; whether the
+disk ran out of space: then the queue starts no more jobs; whether the job's batch record could not
+be written: then the batch ends with exit 1).
 
 Pools of workers, all driven by batch.run_queue: `InProcessPool` (one worker in the batch's own
 process), `ProcessPool` (N spawned processes, one job queue) and ray_workers.RayPool (actors).
@@ -29,6 +31,7 @@ from rich.console import Console
 from dmedit.batch.jobs import JobSpec
 from dmedit.batch.state import write_sidecar
 from dmedit.core.console import Reporter
+from dmedit.core.disk import failed_io_line, out_of_space
 from dmedit.core.errors import EXIT_FAILURE, EXIT_OOM, DmeditError, InterruptedRun
 from dmedit.evaluation.scoring import run_extras
 from dmedit.models.model_cache import ModelCache
@@ -42,8 +45,10 @@ Runner = Callable[..., "JobOutcome"]
 @dataclass(frozen=True)
 class JobOutcome:
     """How a job ended: status "done", "failed" or "interrupted", its exit code, seconds, the
-    written output (done) or a one-line reason (otherwise), and the worker that ran it with the
-    number of models that worker has loaded so far."""
+    written output (done) or a one-line reason (otherwise), whether it failed for want of disk
+    space (`disk_full`) or because the batch's record of it (its sidecar) could not be written
+    (`record_failed`), and the worker that ran it with the number of models that worker has
+    loaded so far."""
 
     index: int
     name: str
@@ -54,6 +59,8 @@ class JobOutcome:
     reason: str | None = None
     worker: str = ""
     model_loads: int = 0
+    disk_full: bool = False
+    record_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,22 @@ class WorkerLost:
     """The worker died while it ran a job (killed, crashed, its node gone): the job is retried once."""
 
     reason: str
+
+
+class RecordNotWritten(Exception):
+    """The batch's record of a job (its sidecar, batch.state) could not be written: `error` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(failed_io_line(error=error))
+        self.error = error
+
+
+def _record(*, job: JobSpec, state: str, extra: dict | None = None) -> None:
+    """write_sidecar, its failure a RecordNotWritten (the batch ends with exit 1 for it)."""
+    try:
+        write_sidecar(job=job, state=state, extra=extra)
+    except OSError as error:
+        raise RecordNotWritten(error) from error
 
 
 def one_line(text: str) -> str:
@@ -88,33 +111,35 @@ def run_job(*, job: JobSpec, models: ModelCache) -> JobOutcome:
     signal (Ctrl-C, SIGTERM) still stops the worker."""
     started = time.perf_counter()
 
-    def ended(status: str, code: int, reason: str | None = None) -> JobOutcome:
+    def ended(status: str, code: int, reason: str | None = None, error: BaseException | None = None) -> JobOutcome:
         seconds = round(time.perf_counter() - started, 3)
         if status == "done":
             return JobOutcome(index=job.index, name=job.name, status=status, output=str(job.output), seconds=seconds)
-        reason = one_line(reason or status)
+        reason, disk_full = one_line(reason or status), error is not None and out_of_space(error=error)
         with contextlib.suppress(OSError):  # the failure is recorded beside the bundle too, when it can be
-            write_sidecar(job=job, state=status, extra={"exit_code": code, "reason": reason, "seconds": seconds})
+            write_sidecar(job=job, state=status, extra={"exit_code": code, "reason": reason, "seconds": seconds,
+                                                        "disk_full": disk_full})
         return JobOutcome(index=job.index, name=job.name, status=status, exit_code=code, seconds=seconds,
-                          reason=reason)
+                          reason=reason, disk_full=disk_full, record_failed=isinstance(error, RecordNotWritten))
 
     request = dataclasses.replace(job.request, resume=job.resume,
                                   output=dataclasses.replace(job.request.output, overwrite=True))
     try:
-        write_sidecar(job=job, state="started")
+        _record(job=job, state="started")
         run_edit(request=request, reporter=_silent_reporter(), models=models, extras=run_extras(request=request))
-        write_sidecar(job=job, state="done", extra={"seconds": round(time.perf_counter() - started, 3)})
+        _record(job=job, state="done", extra={"seconds": round(time.perf_counter() - started, 3)})
     except InterruptedRun as error:
         return ended("interrupted", error.exit_code, str(error))
+    except RecordNotWritten as error:
+        return ended("failed", EXIT_FAILURE, str(error), error)
     except DmeditError as error:
-        return ended("failed", error.exit_code, str(error))
+        return ended("failed", error.exit_code, str(error), error)
     except MemoryError:
         return ended("failed", EXIT_OOM, "out of memory")
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        return ended("failed", EXIT_FAILURE, f"{where}{error.strerror or error}")
+        return ended("failed", EXIT_FAILURE, failed_io_line(error=error), error)
     except Exception as error:  # a bug in one job must not stop the batch; its one line says what it was
-        return ended("failed", EXIT_FAILURE, f"unexpected {type(error).__name__}: {error}")
+        return ended("failed", EXIT_FAILURE, f"unexpected {type(error).__name__}: {error}", error)
     return ended("done", 0)
 
 

@@ -18,7 +18,7 @@ import typer
 
 from dmedit.cli.batch import BATCH_EXIT_CODES_HELP, batch
 from dmedit.cli.evaluate import ablate, eval_command
-from dmedit.cli.models import models_list, models_pull, models_show
+from dmedit.cli.models import models_convert, models_list, models_pull, models_show
 from dmedit.cli.options import PanelledCommand, PanelledGroup, option_type, record_options, with_options
 from dmedit.cli.run_flags import RUN_OPTIONS, RunControl, RunFlags
 from dmedit.cli.runtime import EXIT_CODES_HELP, HELP_SETTINGS, exit_codes, prepare_environment
@@ -45,8 +45,9 @@ app = typer.Typer(
     context_settings=HELP_SETTINGS, rich_markup_mode="rich", no_args_is_help=True,
     pretty_exceptions_show_locals=False, add_completion=False,
 )
-models_app = typer.Typer(help="List, inspect and download the models of the registry.\n\n" + EXIT_CODES_HELP,
-                         context_settings=HELP_SETTINGS, invoke_without_command=True, cls=PanelledGroup)
+models_app = typer.Typer(help="List, inspect, download and convert the models of the registry.\n\n"
+                         + EXIT_CODES_HELP, context_settings=HELP_SETTINGS, invoke_without_command=True,
+                         cls=PanelledGroup)
 app.add_typer(models_app, name="models")
 
 
@@ -132,6 +133,7 @@ def _register() -> None:
     models_app.callback()(models_list)
     models_app.command("show", cls=PanelledCommand)(models_show)
     models_app.command("pull", cls=PanelledCommand)(models_pull)
+    models_app.command("convert", cls=PanelledCommand)(models_convert)
 
 
 _register()

@@ -19,13 +19,15 @@ from dmedit.cli.run_flags import RunFlags, job_options, run_options
 from dmedit.cli.runtime import exit_codes, prepare_environment
 from dmedit.core.console import Reporter
 from dmedit.core.errors import UsageError
-from dmedit.core.flags import INPUT
+from dmedit.core.flags import INPUT, record_from
+from dmedit.runs.settings import OutputSettings
 from dmedit.core.threads import THREAD_COUNT_VARIABLES
 
 BATCH = "Batch"
 BATCH_EXIT_CODES_HELP = (
     "Exit codes: 0 every job done (or done before), 6 some jobs failed (each one in the summary, with its "
-    "exit code and reason), 1 system error, 2 usage (bad flags, jobs file, row or column), 130 interrupted, "
+    "exit code and reason; a full disk starts no more jobs), 1 system error (also: a job's NAME.batch.json "
+    "cannot be written), 2 usage (bad flags, jobs file, row or column), 130 interrupted, "
     "143 terminated (run the batch again to go on)."
 )
 RUN_OPTIONS_LEFT_OUT = ("video", "output", "overwrite", "skip_existing", "resume", "log_every")
@@ -36,7 +38,7 @@ LogFormat = Literal["text", "jsonl"]
 
 def batch(
     jobs: Annotated[Path, typer.Argument(help="A jobs file (.csv, .jsonl or .toml; one job a row: input, src, tgt and any run option) or a folder of videos.", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder receiving each job's bundle: NAME.mp4, NAME.json (report), NAME.batch.json and companions.", rich_help_panel=BATCH, show_default=False)],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder receiving each job's bundle (NAME.mp4, NAME.json report, NAME.html page, NAME.batch.json and companions) and index.html, a card per job (not with --no-html).", rich_help_panel=BATCH, show_default=False)],
     src: Annotated[Optional[str], typer.Option("--src", help="Text describing the object now, for every job (a job's src wins).", rich_help_panel=INPUT, show_default=False)] = None,
     tgt: Annotated[Optional[str], typer.Option("--tgt", help="Text describing the object wanted, for every job (a job's tgt wins).", rich_help_panel=INPUT, show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes here (with --ray: worker actors), each loading a model once.", rich_help_panel=BATCH, show_default="one per GPU, else 1", min=1)] = None,
@@ -63,7 +65,8 @@ def batch(
         specs = load_jobs(source=jobs, given={**given, "src": src, "tgt": tgt}, options=job_options(),
                           out_dir=out_dir)
         settings = BatchSettings(workers=workers, ray=ray, force=force, log_format=log_format,
-                                 share_cpus=not user_threads)
+                                 share_cpus=not user_threads, out_dir=out_dir,
+                                 gallery=record_from(record=OutputSettings, values=given).html)
         summary = run_batch(jobs=specs, settings=settings, reporter=reporter,
                             emit=lambda line: typer.echo(line, file=stdout))
         summary.raise_for_failures()

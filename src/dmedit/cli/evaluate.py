@@ -45,7 +45,7 @@ def eval_command(
     source: Annotated[Path, typer.Argument(help="The source video.", show_default=False)],
     edited: Annotated[Path, typer.Argument(help="The edited video (its run report EDITED.json, when there, gives the span, mask and --tgt).", show_default=False)],
     tgt: Annotated[Optional[str], typer.Option("--tgt", help="Text the edit should show (Text-Align).", rich_help_panel=INPUT, show_default="the run report's")] = None,
-    mask: Annotated[Optional[str], typer.Option(help="'full', or a PNG, a folder of PNGs or a mask video: the object; the outside-mask metrics score the rest.", rich_help_panel=MASKS, show_default="the run report's")] = None,
+    mask: Annotated[Optional[str], typer.Option(help="'full', or a PNG, a folder of PNGs or a mask video: the object; the outside-mask metrics score the rest.", rich_help_panel=MASKS, show_default="EDITED.masks/ when the run kept its mask there, else the run report's")] = None,
     start: Start = None,
     frames: Annotated[Optional[str], typer.Option(help="Source frames compared: a number, or 'all'.", rich_help_panel=FRAMES, show_default="as many as EDITED has")] = None,
     scorers: Scorers = None,
@@ -62,8 +62,7 @@ def eval_command(
     reporter = Reporter(quiet=quiet)
     with exit_codes(reporter):
         prepare_environment(offline=offline)
-        from dmedit.evaluation.metric_report import format_table, plot_curves  # imports cv2
-        from dmedit.core.files import write_json
+        from dmedit.evaluation.metric_report import format_table  # imports cv2
         from dmedit.evaluation.compare import EvalRequest
         from dmedit.evaluation.scoring import evaluate  # imports torch
 
@@ -79,8 +78,7 @@ def eval_command(
             reporter.line(f"skipped {name}: {reason}")
         reporter.release()
         if out is not None:
-            plot_curves(path=out.with_suffix(".png"), series={"edit": metrics})
-            write_json(path=out, data=record)
+            _write_scores(out=out, metrics=metrics, record=record)
         typer.echo(json.dumps(record, indent=2) if as_json else format_table(metrics=metrics, skipped=record["skipped"]))
 
 
@@ -91,15 +89,28 @@ def _check_out(*, out: Path, inputs: tuple[Path, ...]) -> None:
     for path in (*inputs, edited.with_name(f"{edited.stem}.json")):
         if path.exists() and out.resolve() == path.resolve():
             raise UsageError(f"--out {out}: is an input (or EDITED's run report); choose another file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    folder = next(parent for parent in out.absolute().parents if parent.exists())
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder")
+
+
+def _write_scores(*, out: Path, metrics: dict[str, Any], record: dict[str, Any]) -> None:
+    """OUT.json and OUT.png (the per-frame curves), staged and renamed into place together, in
+    OUT's folder, created when missing (and removed again when the write fails)."""
+    from dmedit.core.files import created_folders, write_json
+    from dmedit.evaluation.metric_report import plot_curves
+    from dmedit.runs.outputs import staged_bundle
+
+    with created_folders(folder=out.parent), staged_bundle(output=out) as staging:
+        plot_curves(path=staging / out.with_suffix(".png").name, series={"edit": metrics})
+        write_json(path=staging / out.name, data=record)
 
 
 with_options(command=eval_command)
 
 
 def ablate(
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder receiving the four runs, ablation.md/.json/.png and ablation.mp4.", rich_help_panel=OUTPUT, show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder receiving the four runs, ablation.md/.json/.png, ablation.mp4 and index.html, the ablation's page (not with --no-html).", rich_help_panel=OUTPUT, show_default=False)],
     scorers: Scorers = None,
     **given: Any,
 ) -> None:
@@ -112,11 +123,13 @@ def ablate(
     reporter = Reporter(quiet=control.quiet, log_every=control.log_every)
     with exit_codes(reporter):
         prepare_environment(offline=control.offline)
+        from dmedit.core.files import created_folders
         from dmedit.evaluation.ablation import AblationRequest, run_ablation  # imports torch
 
         request = AblationRequest(run=flags.request(), out_dir=out_dir, scorers=parse_scorers(text=scorers),
                                   overwrite=bool(given["overwrite"]))
-        typer.echo(run_ablation(request=request, reporter=reporter), nl=False)
+        with created_folders(folder=out_dir):
+            typer.echo(run_ablation(request=request, reporter=reporter), nl=False)
 
 
 with_options(command=ablate, options=run_options(leave_out=ABLATE_LEFT_OUT,

@@ -1,5 +1,6 @@
-"""`dmedit models` (list), `models show NAME` and `models pull NAME`: the registry's entries and
-their weights. The group's --registry reaches the subcommands through the Typer context."""
+"""`dmedit models` (list), `models show NAME`, `models pull NAME` and `models convert PATH`: the
+registry's entries and their weights. The group's --registry reaches the subcommands through the
+Typer context."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import typer
 from dmedit.cli.options import option_type
 from dmedit.cli.runtime import exit_codes
 from dmedit.core.console import Reporter
-from dmedit.models.catalogue import describe_entry, model_rows, pull_entry
+from dmedit.models.catalogue import conversion_lines, describe_entry, model_rows, pull_entry
 from dmedit.runs.settings import ModelSettings
 
 EntryName = Annotated[str, typer.Argument(help="Entry name.", show_default=False)]
+ModelFolder = Annotated[Path, typer.Argument(help="A model folder (a `path` entry's, or one copied by hand).",
+                                             show_default=False)]
+RemovePickles = Annotated[bool, typer.Option("--remove-pickles",
+                                             help="Delete each pickle checkpoint once its safetensors are there.")]
 Registry = option_type(record=ModelSettings, name="registry")
 
 
@@ -35,10 +40,21 @@ def models_show(ctx: typer.Context, name: EntryName) -> None:
 
 
 def models_pull(ctx: typer.Context, name: EntryName) -> None:
-    """Download an entry's weights into the standard hub cache (needs a network)."""
-    with exit_codes(Reporter()):
-        folder = pull_entry(name=name, registry_file=_registry(ctx=ctx))
+    """Download an entry's weights into the standard hub cache (needs a network); an entry with
+    `weights = "pickle"` has its pickle checkpoints converted to safetensors there."""
+    reporter = Reporter(held=None)  # each conversion's line as it is done
+    with exit_codes(reporter):
+        folder = pull_entry(name=name, registry_file=_registry(ctx=ctx), reporter=reporter)
         typer.echo(f"{name}: weights in {folder}")
+
+
+def models_convert(path: ModelFolder, remove_pickles: RemovePickles = False) -> None:
+    """Convert every pickle checkpoint (.bin, .pt, .pth) under a model folder to safetensors beside it,
+    named as diffusers and transformers look for them. The pickles are read by PyTorch's restricted
+    unpickler (tensors and plain containers only): one that asks to run code is refused (exit 4)."""
+    with exit_codes(Reporter()):
+        for line in conversion_lines(folder=path, remove_pickles=remove_pickles):
+            typer.echo(line)
 
 
 def _registry(*, ctx: typer.Context) -> Optional[Path]:

@@ -6,14 +6,13 @@ line on stderr. Light: `dmedit --version` and `-h` import this without torch.
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import typer
 
 from dmedit.core.console import Reporter
+from dmedit.core.disk import failed_io_line
 from dmedit.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, DmeditError, Terminated
 from dmedit.core.threads import configure_threads
 from dmedit.models.hub import set_offline
@@ -44,23 +43,8 @@ def exit_codes(reporter: Reporter) -> Iterator[None]:
         reporter.error("terminated; nothing was written")
         raise typer.Exit(EXIT_TERMINATED) from None
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        reporter.error(f"{where}{error.strerror or error}{free_space_note(path=error.filename)}")
+        reporter.error(failed_io_line(error=error))
         raise typer.Exit(EXIT_FAILURE) from None
-
-
-def free_space_note(*, path: str | os.PathLike | None) -> str:
-    """"; N MiB free on its disk" for the nearest existing folder of `path` ("" when unknown)."""
-    if not path:
-        return ""
-    folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder if folder.is_dir() else folder.parent).free
-    except OSError:
-        return ""
-    return f"; {free / 2**20:.1f} MiB free on its disk"
 
 
 def prepare_environment(*, offline: bool) -> None:

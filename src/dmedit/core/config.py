@@ -22,6 +22,9 @@ SsmKeys = Literal["conditional", "unconditional"]
 SsmReduction = Literal["mean", "sum"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 """torch.compile's inductor modes (--compile-mode)."""
+WeightFormat = Literal["safetensors", "pickle"]
+"""What an entry's pinned revision holds (registry key `weights`): safetensors files, loaded as they are, or
+pickle checkpoints only, which `dmedit models pull` converts to safetensors in the cache after downloading."""
 TRAIN_TIMESTEPS = 1000
 """Every supported family's scheduler is trained on 1000 timesteps: t is drawn from 0..999."""
 MAX_SEED = 2**63 - 1
@@ -157,6 +160,7 @@ class ModelEntry:
     `guidance_scale` are the stage's denoising steps and guidance.
     stages: a cascade (family in backends.CASCADES): the entries of the stages run after the keyframe
     optimisation, in order (cascade.py).
+    weights: "pickle" when repo@revision has pickle checkpoints only (`WeightFormat`).
     """
 
     name: str
@@ -168,6 +172,7 @@ class ModelEntry:
     key_layers: tuple[str, ...]
     repo: str | None = None
     revision: str | None = None
+    weights: WeightFormat = "safetensors"
     path: str | None = None
     variant: str | None = None
     builder: str | None = None
@@ -191,6 +196,7 @@ class DetectorEntry:
     family: str
     repo: str | None = None
     revision: str | None = None
+    weights: WeightFormat = "safetensors"
     path: str | None = None
     builder: str | None = None
     box_threshold: float = 0.35
@@ -211,6 +217,7 @@ class ScorerEntry:
     family: str
     repo: str | None = None
     revision: str | None = None
+    weights: WeightFormat = "safetensors"
     path: str | None = None
     builder: str | None = None
     description: str = ""

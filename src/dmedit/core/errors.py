@@ -25,6 +25,12 @@ class DmeditError(Exception):
     exit_code = EXIT_FAILURE
 
 
+class NotWritable(DmeditError):
+    """An output folder refuses new files (permissions, a read-only file system): a system error."""
+
+    exit_code = EXIT_FAILURE
+
+
 class UsageError(DmeditError):
     """Bad flags, bad config or registry file, bad output path."""
 

@@ -52,11 +52,13 @@ def save_checkpoint(*, checkpoint: Checkpoint, path: Path) -> None:
     payload = {"format": CHECKPOINT_FORMAT,
                **{field.name: getattr(checkpoint, field.name) for field in dataclasses.fields(Checkpoint)}}
     try:
-        with replaced_atomically(path=path) as temporary:
-            torch.save(payload, temporary)
-    except RuntimeError as error:  # torch.save reports a failed write (a full disk) as RuntimeError
-        raise OSError(errno.EIO, f"cannot write the checkpoint (torch.save: {str(error).strip().splitlines()[0]})",
-                      str(path)) from None
+        with replaced_atomically(path=path) as temporary, open(temporary, "wb") as handle:
+            torch.save(payload, handle)  # through Python's file: a failed write keeps its OSError (errno)
+    except (RuntimeError, OSError) as error:  # torch.save reports a failed write as RuntimeError
+        written = error if isinstance(error, OSError) else error.__context__
+        number = getattr(written, "errno", None) or errno.EIO
+        reason = getattr(written, "strerror", None) or f"torch.save: {str(error).strip().splitlines()[0]}"
+        raise OSError(number, f"cannot write the checkpoint ({reason})", str(path)) from error
 
 
 def load_checkpoint(*, path: Path | None, fingerprint: str, steps: int) -> Checkpoint:

@@ -6,7 +6,8 @@ compiled forward is dropped again when the run ends. Timesteps are tensors and s
 within a run, so a run traces two graphs (the step's no-grad call and its grad call) and never
 recompiles; `compile_counters` reads torch._dynamo's graph count to show it. Compiling is off
 unless asked (`choose_compile`), and a failure of dynamo, inductor or triton on the first step
-sends the run back to eager (`compile_failure`, `drop_compiled`, editor's first step).
+sends the run back to eager (`compile_failure`, `drop_compiled`, editor's first step), except a
+cache that cannot be written for want of space, which is a system error (`cache_write_failure`).
 
 Modes: "default" (inductor kernels), "reduce-overhead" (inductor kernels replayed as CUDA graphs;
 CUDA only), "max-autotune-no-cudagraphs". Inductor's FX-graph and AOT-autograd caches live under
@@ -27,6 +28,8 @@ import torch
 
 from dmedit.core.config import CompileMode
 from dmedit.core.errors import UsageError
+from dmedit.core.disk import CHAIN_LIMIT, OUT_OF_SPACE_ERRNOS
+from dmedit.core.files import write_error
 
 MODES: tuple[str, ...] = get_args(CompileMode)
 COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "triton")
@@ -67,8 +70,15 @@ def choose_compile(*, requested: bool | None, mode: str, device: torch.device) -
 
 
 def use_cache_folder(*, folder: Path) -> Path:
-    """Point inductor's on-disk caches at `folder` unless the user chose one with $TORCHINDUCTOR_CACHE_DIR."""
-    chosen = Path(os.environ.setdefault(CACHE_ENV, str(folder)))
+    """Point inductor's on-disk caches at `folder` unless the user chose one with $TORCHINDUCTOR_CACHE_DIR.
+    Importing torch._dynamo already sets the variable to inductor's default (/tmp/torchinductor_USER),
+    so that value counts as unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(CACHE_ENV)
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ[CACHE_ENV] = str(folder)
+    chosen = Path(os.environ[CACHE_ENV])
     chosen.mkdir(parents=True, exist_ok=True)
     return chosen
 
@@ -106,6 +116,32 @@ def compile_failure(error: BaseException) -> str | None:
             return named[:300]
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def cache_write_failure(error: BaseException) -> OSError | None:
+    """A compile that failed because inductor could not write its cache or kernels for want of
+    space (core.disk.OUT_OF_SPACE_ERRNOS) as an OSError naming the file (or, when the error names
+    none, the cache folder) and `--no-compile`: a full disk is a system error, not a reason to run
+    eager. None when no such OSError caused `error`."""
+    seen: BaseException | None = error
+    for _ in range(CHAIN_LIMIT):  # a chain of causes may loop back on itself
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE_ERRNOS:
+            named = write_error(error=seen, path=Path(seen.filename or os.environ.get(CACHE_ENV) or "inductor cache"))
+            return OSError(named.errno, f"cannot write inductor's compile cache ({named.strerror}); "
+                           "--no-compile runs without it", named.filename)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def remove_partial_cache_files() -> None:
+    """Inductor's temporary files of this process in its cache folder (`.PID.THREAD.tmp`, renamed
+    over a cache entry when written; left behind when a write failed)."""
+    folder = os.environ.get(CACHE_ENV)
+    if folder and Path(folder).is_dir():
+        for partial in Path(folder).rglob(f".{os.getpid()}.*.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 def _first_line(error: BaseException) -> str:

@@ -28,7 +28,9 @@ from dmedit.core.config import EditConfig
 from dmedit.core.errors import InterruptedRun, ModelError
 from dmedit.engine.branches import BRANCHES
 from dmedit.engine.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from dmedit.engine.compilation import compile_failure, drop_compiled, step_begins
+from dmedit.engine.compilation import (
+    cache_write_failure, compile_failure, drop_compiled, remove_partial_cache_files, step_begins,
+)
 from dmedit.engine.keys import KeyRecorder
 from dmedit.engine.losses import dds_grad, dds_surrogate, spatial_ssm_loss, temporal_ssm_loss
 from dmedit.engine.session import EditResult, EditSession, EditState, new_state, prepare, run_hooks
@@ -227,12 +229,17 @@ def _first_step(*, session: EditSession, state: EditState, recorder: KeyRecorder
                 on_warning: Callable[[str], None]) -> tuple[torch.Tensor, list[str], str | None]:
     """The run's first step. When the U-Net is compiled and compiling or running it fails in dynamo,
     inductor or triton, the U-Net goes back to eager for the rest of the run and the step is taken
-    again from the same x(θ) and generator state -> (record, names, the failure or None)."""
+    again from the same x(θ) and generator state -> (record, names, the failure or None). A cache
+    inductor cannot write for want of space is an OSError instead (compilation.cache_write_failure)."""
     compiled = session.compile is not None and session.compile.enabled
     generator = state.generator.get_state()
     try:
         return (*_step(session=session, state=state, recorder=recorder), None)
     except Exception as error:
+        full = cache_write_failure(error) if compiled else None
+        if full is not None:
+            remove_partial_cache_files()
+            raise full from None
         reason = compile_failure(error) if compiled else None
         if reason is None:
             raise

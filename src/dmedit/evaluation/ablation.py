@@ -3,9 +3,10 @@ without S-SSM, without T-SSM) on one clip with one seed, each run through runs.p
 the models loaded once, then scored (evaluation.py) and tabulated.
 
 OUT_DIR receives each run's bundle (full.mp4, no-mask.mp4, no-s-ssm.mp4, no-t-ssm.mp4 with their
-.json reports), the mask they share (mask.masks/, mask.mask.mp4, when it is detected), and
-ablation.md, ablation.json (every metric), ablation.png (per-frame curves) and ablation.mp4 (the
-four results side by side, labelled). Every file is written under a temporary name and renamed.
+.json reports and the .masks/ of each masked run), the mask they share (mask.masks/, mask.mask.mp4,
+when it is detected), and ablation.md, ablation.json (every metric), ablation.png (per-frame curves), ablation.mp4 (the
+four results side by side, labelled) and index.html (the page: evaluation.ablation_page). Every
+file is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from dmedit.core.console import Reporter
 from dmedit.core.errors import UsageError
-from dmedit.core.files import write_json, write_text
+from dmedit.core.files import writable_folder, write_json, write_text
+from dmedit.evaluation.ablation_page import PAGE_NAME, write_ablation_page
 from dmedit.evaluation.compare import EvalRequest
 from dmedit.evaluation.metric_report import markdown_table, plot_curves
 from dmedit.evaluation.metric_types import Metric
@@ -43,6 +45,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("no-t-ssm", "w/o T-SSM", {"lambda_temporal": 0.0}),
 )
 """(file name, label, the EditOverrides changed from the full method)."""
+FULL_MASK_WARNING = ("--mask full: the 'w/o mask' run edits the whole frame as the full method does, so its row "
+                     "repeats the full method's; drop --mask full (the mask is then detected) or give a mask file")
 TABLE_FILES = ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4")
 MASK_BASE = "mask"
 
@@ -61,9 +65,12 @@ class AblationRequest:
 def planned_files(*, request: AblationRequest) -> list[Path]:
     """Every file and folder the ablation writes in out_dir."""
     names = [f"{name}{suffix}" for name, _, _ in VARIANTS for suffix in (".mp4", ".json")]
+    names += [f"{name}.masks" for name, _, changes in VARIANTS  # the mask each masked run kept
+              if request.run.mask.source != "full" and changes.get("use_mask", True)]
     if request.run.mask.source is None:
         names += [f"{MASK_BASE}.masks", f"{MASK_BASE}.mask.mp4"]
-    return [request.out_dir / name for name in (*names, *TABLE_FILES)]
+    pages = [PAGE_NAME] if request.run.output.html else []
+    return [request.out_dir / name for name in (*names, *TABLE_FILES, *pages)]
 
 
 def _check_request(*, request: AblationRequest) -> None:
@@ -97,7 +104,7 @@ def _finished_variants(*, request: AblationRequest) -> list[Path]:
         if is_complete(output=output) and _same_settings(
                 report=companion(output=output, suffix=".json"),
                 variant=_variant(base=request.run, request=request, name=name, changes=changes)):
-            finished += [output, companion(output=output, suffix=".json")]
+            finished += [output, companion(output=output, suffix=".json"), companion(output=output, suffix=".masks")]
     return finished
 
 
@@ -138,7 +145,9 @@ def _variant(*, base: RunRequest, request: AblationRequest, name: str, changes: 
 def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
     """Run the four variants, score them, write the table files; returns the Markdown table."""
     _check_request(request=request)
-    request.out_dir.mkdir(parents=True, exist_ok=True)
+    if request.run.mask.source == "full":
+        reporter.warn(FULL_MASK_WARNING)
+    writable_folder(folder=request.out_dir)
     base = _shared_mask(request=request, reporter=reporter)
     models = ModelCache()
     finished = set() if request.overwrite else set(_finished_variants(request=request))
@@ -168,6 +177,9 @@ def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
     write_text(path=request.out_dir / "ablation.md", text=_markdown_document(base=base, table=table))
     plot_curves(path=request.out_dir / "ablation.png", series=scores)
     _write_side_by_side(request=request)
+    if request.run.output.html:
+        write_ablation_page(out_dir=request.out_dir, base=base, variants=[(name, label) for name, label, _ in VARIANTS],
+                            scores=scores, scorers=request.scorers.to_text())
     return table
 
 

@@ -9,9 +9,10 @@ Rules a user sees:
 - Size: a run written at the model's size (--out-size model) is compared with the source fitted
   the same way (the report's fit); a padded odd size is cropped back; otherwise an edit of
   another size with the same aspect ratio (within 2%) is resized to the source's size.
-- Mask (True = the object): --mask as in `run`, else the run report's mask file; grown by the
-  run's --feather (the composite's soft edge). Without one the outside-mask metrics use every
-  pixel and say so.
+- Mask (True = the object): --mask as in `run`, else the mask the run kept beside EDITED
+  (EDITED.masks/, written by `run` for a detected or file mask and named in its report's "masks"),
+  else the run report's mask file; grown by the run's --feather (the composite's soft edge).
+  Without one the outside-mask metrics use every pixel and say so.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dmedit.media.fit import FitMapping, apply_fit, masks_to_model
 from dmedit.media.spans import Span, select_span
 from dmedit.media.video import VideoInfo, probe, read_frames, readable_input
 from dmedit.models.scorers.choice import Scorers
+from dmedit.runs.outputs import companion
 from dmedit.runs.settings import MaskSettings, SpanSettings
 
 ASPECT_TOLERANCE = 0.02
@@ -160,11 +162,14 @@ def _mask(*, request: EvalRequest, report: dict | None, indices: tuple[int, ...]
     """(F,H,W) bool at source size grown by the run's feather, and where it came from."""
     options = (report or {}).get("options", {}).get("mask", {})
     source, origin = request.mask, "--mask"
-    if source is None and report is not None:
+    kept = companion(output=request.edited, suffix=".masks")  # what `run` keeps (runs.bundle.kept_masks)
+    if source is None and kept.is_dir() and (report is None or report.get("masks")):
+        source, origin = str(kept), "the run's saved mask"
+    elif source is None and report is not None:
         source, origin = options.get("source"), "the run report"
         if source is None:
-            notes.append("the run's mask was detected and not saved: pass --mask (e.g. the OUT.masks folder of "
-                         "`dmedit mask`) to score outside it; the outside-mask metrics use every pixel")
+            notes.append(f"the run's mask was detected and {kept} is not there: pass --mask (e.g. the OUT.masks "
+                         "folder of `dmedit mask`) to score outside it; the outside-mask metrics use every pixel")
         elif source != "full" and not Path(source).exists():
             notes.append(f"the run report's mask {source} is gone; the outside-mask metrics use every pixel")
             source = None

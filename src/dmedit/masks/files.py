@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from dmedit.core.errors import InputError, UsageError
+from dmedit.core.files import write_bytes, write_text
 from dmedit.media.decode import display_matrix, orientation, upright
 from dmedit.media.ffmpeg_log import quiet_ffmpeg
 
@@ -228,8 +229,8 @@ def save_mask_pngs(*, masks: np.ndarray, folder: Path, span: Mapping[str, Any] |
     written = []
     for index, mask in enumerate(masks):
         target = folder / f"{index:05d}.png"
-        if not cv2.imwrite(str(target), np.where(mask >= 0.5, 255, 0).astype(np.uint8)):
-            raise UsageError(f"{target}: cannot write the mask image")
+        png = cv2.imencode(".png", np.where(mask >= 0.5, 255, 0).astype(np.uint8))[1]
+        write_bytes(path=target, data=png.tobytes())
         written.append(target)
     for stale in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
         if int(stale.stem) >= len(written):
@@ -240,10 +241,7 @@ def save_mask_pngs(*, masks: np.ndarray, folder: Path, span: Mapping[str, Any] |
 
 def _write_span(*, folder: Path, span: Mapping[str, Any] | None) -> None:
     target = folder / SPAN_FILE
-    try:
-        if span is None:
-            target.unlink(missing_ok=True)
-        else:
-            target.write_text(json.dumps(dict(span), indent=2, default=str) + "\n", encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"{target}: cannot write the mask span ({error.strerror})") from error
+    if span is None:
+        target.unlink(missing_ok=True)
+    else:
+        write_text(path=target, text=json.dumps(dict(span), indent=2, default=str) + "\n")

@@ -11,6 +11,14 @@ Bit-identical output for identical frames (within one machine and library build)
 - x264's output also depends on its thread count, so that count is fixed (not the CPU count).
 - The RGB -> yuv420p conversion (swscale, BT.601 limited range) was deterministic in every test;
   the stream is tagged with that matrix and range so players decode the colours as written.
+
+Odd sizes are padded, not cropped: H.264 crops a 4:2:0 frame in steps of 2 pixels (CropUnitX/Y = 2,
+the SPS semantics of clause 7.4.2.1.1), so no SPS crop turns 176x144 into 175x143. FFmpeg's
+`h264_metadata` bitstream filter (through PyAV 18's `av.bitstream.BitStreamFilterContext`) refuses
+`crop_right=1:crop_bottom=1` on such a stream with EINVAL. The same filter on a yuv444p stream gives
+an exact 175x143 file, but in the High 4:4:4 Predictive profile, outside the 4:2:0 profiles (Baseline,
+Main, High) that browsers and hardware decoders are expected to play; so odd sizes gain one
+repeated edge column/row instead, and WrittenVideo.padded and its note say so.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Rules a user sees:
   copies them to a temporary file; a FIFO nobody writes to fails after INPUT_WAIT_SECONDS.
 - Output is MP4 (H.264, yuv420p, BT.601 limited range, +faststart) whatever the suffix, identical
   bytes for identical frames (encode.py says why that needs care). yuv420p needs even sizes, so an
-  odd width or height gains one column/row on the right/bottom repeating the edge pixels;
-  WrittenVideo.padded records it.
+  odd width or height gains one column/row on the right/bottom repeating the edge pixels (an SPS
+  crop cannot remove it: encode.py says why); WrittenVideo.padded records it.
 - Span rules (start, --fps, --stride, variable frame rate) are in spans.py.
 - The source's audio for the span goes along (see audio.py for copy vs AAC and precision).
 - Every failure is one line (InputError/UsageError); FFmpeg's own log never reaches the terminal.
@@ -36,7 +36,8 @@ from dmedit.media import decode
 from dmedit.media.audio import audio_packets, mux_interleaved
 from dmedit.media.encode import WrittenVideo, add_video_stream, frame_pts, pictures
 from dmedit.core.config import DEFAULT_CRF
-from dmedit.core.errors import InputError, UsageError
+from dmedit.core.files import replaced_atomically
+from dmedit.core.errors import InputError, NotWritable, UsageError
 from dmedit.media.fit import check_frames
 from dmedit.media.ffmpeg_log import ffmpeg_reason, quiet_ffmpeg
 from dmedit.media.spans import SAME_RATE_TOLERANCE, Span, rate_fields, select_span
@@ -207,7 +208,8 @@ def write_video(
     e.g. Span.timestamps of a variable-rate source; `fps` then sets the last frame's length). Audio
     of `audio_source` from `audio_start` for `audio_duration` seconds (default: the video's length)
     is muxed when that file has audio. An odd width/height gains one repeated edge column/row.
-    The file appears under `path` only when complete (a hidden partial file is renamed).
+    The file appears under `path` only when complete (a hidden partial file is renamed); a failed
+    write (a full disk) is an OSError naming `path` (core.files.replaced_atomically).
     """
     check_frames(frames)
     fps = Fraction(fps)
@@ -220,23 +222,17 @@ def write_video(
     length = float(len(frames) / fps) if timestamps is None else float(timestamps[-1]) + float(1 / fps)
     duration = length if audio_duration is None else audio_duration
     height, width = frames.shape[1:3]
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}.mp4")
-    try:
-        with quiet_ffmpeg(), ExitStack() as stack:
-            container = stack.enter_context(
-                av.open(str(partial), mode="w", format="mp4", container_options={"movflags": "+faststart"})
-            )
-            video = add_video_stream(container=container, width=width, height=height, fps=fps,
-                                     time_base=time_base, crf=crf)
-            sound = [] if audio_source is None else _audio_packets_or_error(
-                container=container, stack=stack, source=Path(audio_source), start=audio_start,
-                end=audio_start + duration)
-            mux_interleaved(container=container, video=video, pictures=pictures(frames=frames, pts=pts),
-                            audio_packets=sound)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path=path, suffix=".mp4") as partial, quiet_ffmpeg(), ExitStack() as stack:
+        container = stack.enter_context(
+            av.open(str(partial), mode="w", format="mp4", container_options={"movflags": "+faststart"})
+        )
+        video = add_video_stream(container=container, width=width, height=height, fps=fps,
+                                 time_base=time_base, crf=crf)
+        sound = [] if audio_source is None else _audio_packets_or_error(
+            container=container, stack=stack, source=Path(audio_source), start=audio_start,
+            end=audio_start + duration)
+        mux_interleaved(container=container, video=video, pictures=pictures(frames=frames, pts=pts),
+                        audio_packets=sound)
     return WrittenVideo(path=path, width=video.width, height=video.height, source_width=width,
                         source_height=height, padded=(video.width, video.height) != (width, height),
                         frames=len(frames), fps=fps, duration=length, timestamps_kept=timestamps is not None,
@@ -252,16 +248,18 @@ def _audio_packets_or_error(*, container, stack: ExitStack, source: Path, start:
 
 
 def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    """UsageError unless `output` can be written: not an input, folder exists and is writable."""
+    """UsageError unless `output` can be written (not an input; its folder, or the nearest existing
+    folder above a missing one, is a folder); NotWritable (exit 1) when that folder refuses new
+    files. A missing folder is the caller's to create (core.files.created_folders)."""
     output = Path(output)
     target = output.resolve()
     for source in map(Path, inputs):
         same_file = source.exists() and target.exists() and os.path.samefile(source, target)
         if same_file or source.resolve() == target:
             raise UsageError(f"{output}: the output is the input file {source}; choose another output name")
-    folder = target.parent
+    folder = next(parent for parent in target.parents if parent.exists())
     if not folder.is_dir():
-        raise UsageError(f"{output}: the folder {folder} does not exist")
+        raise UsageError(f"{output}: {folder} is a file, not a folder; choose another output")
     if target.is_dir():
         raise UsageError(f"{output}: is a folder; give a file name such as {output / 'edited.mp4'}")
     if target.exists() and not overwrite:
@@ -270,7 +268,7 @@ def check_output_path(*, output: Path, inputs: Sequence[Path], overwrite: bool) 
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise UsageError(f"{output}: cannot write in the folder {folder} ({error.strerror})") from None
+        raise NotWritable(f"{output}: cannot write in the folder {folder} ({error.strerror})") from None
 
 
 @contextmanager

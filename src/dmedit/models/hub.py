@@ -1,14 +1,14 @@
-"""Where an entry's weights are on disk, and how they get there.
+"""Where an entry's weights are on disk; offline builds of the `builder` entries.
 
 Lookup order for one registry entry:
 1. `builder` entries: <path or cache_dir()/NAME>, built offline on first use (no network ever);
 2. `path` entries: that folder, which must hold model_index.json (video models) or config.json
    (detectors, scorers); the hub is never consulted, so a fine-tune never silently falls back to its base;
 3. `repo` entries: the Hugging Face cache snapshot of repo@revision, used only when complete.
-Nothing here touches the network except `pull`, which first checks in seconds that the hub (or
-the proxy that would carry the request) accepts a connection, then keeps huggingface_hub's retry
-warnings off stderr, so that a failure is one line. huggingface_hub is imported lazily so that
-`set_offline` can run before it is.
+A folder found whose weights are pickle checkpoints only is refused with the `dmedit models
+convert` command that fixes it (dmedit loads safetensors only). Nothing here touches the network:
+downloads are `download.pull`. huggingface_hub is imported lazily so that `set_offline` can run
+before it is.
 """
 
 from __future__ import annotations
@@ -18,20 +18,16 @@ import os
 import posixpath
 import re
 import shutil
-import socket
 import tempfile
-import threading
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import platformdirs
 
-from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry
+from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry, WeightFormat
 from dmedit.core.errors import DmeditError, ModelError, UsageError
+from dmedit.models.convert import pickle_only_folders
 
 CACHE_ENV = "DMEDIT_CACHE"
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -51,13 +47,12 @@ BUILD_REVISION = 1
 """Part of a built model's cache folder name: raise it when a builder's output changes, so a cache
 built by an older dmedit is never mistaken for the current model."""
 CONFIG_AND_TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")
-_SAFETENSORS_NAME = re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.safetensors")
+_WEIGHT_NAMES = {
+    "safetensors": re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.safetensors"),
+    "pickle": re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.(?:bin|pt|pth)"),
+}
+"""The weight files `select_repo_files` picks for each `weights` format (name, variant, shard number)."""
 _TRUE_VALUES = ("1", "on", "yes", "true")
-DEFAULT_ENDPOINT = "https://huggingface.co"
-"""The hub huggingface_hub talks to unless HF_ENDPOINT names another (a mirror)."""
-CONNECT_TIMEOUT_S = 5.0
-"""How long `pull` waits for the hub (or its proxy) to resolve and accept a TCP connection."""
-_DEFAULT_PORTS = {"http": 80, "https": 443, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
 Entry = ModelEntry | DetectorEntry | ScorerEntry
 
@@ -115,146 +110,38 @@ def weights_present(*, entry: Entry) -> bool:
 
 
 def resolve_weights(*, entry: Entry) -> Path:
-    """The entry's local weights folder, or a one-line ModelError saying where it looked and what to do."""
+    """The entry's local weights folder, or a one-line ModelError saying where it looked and what to do:
+    also when a folder there holds pickle weights and no safetensors (`dmedit models convert` fixes it)."""
     folder = local_model_dir(entry=entry)
-    if folder is not None:
-        return folder
-    raise ModelError(_missing_message(entry=entry))
-
-
-def pull(*, entry: Entry) -> Path:
-    """Download repo@revision's configs, tokenizer files and safetensors weights into the hub cache.
-
-    `builder` entries are built locally instead; `path` entries are only checked (nothing is
-    downloaded into a local folder). Any hub or network failure is a one-line ModelError naming the
-    entry; an unreachable hub is reported within CONNECT_TIMEOUT_S, before huggingface_hub (whose
-    own retries take about 25 s) is called.
-    """
-    if entry.builder is not None or entry.path is not None:
-        return resolve_weights(entry=entry)
-    label = f"{_kind(entry=entry)} '{entry.name}'"
-    source = f"{entry.repo}@{entry.revision or 'main'}"
-    if is_offline():
+    if folder is None:
+        raise ModelError(_missing_message(entry=entry))
+    unconverted = pickle_only_folders(folder=folder)
+    if unconverted:
+        names = ", ".join(f"{path.relative_to(folder).as_posix()}/" for path in unconverted)
         raise ModelError(
-            f"cannot pull {label} from {source}: offline mode is on; drop --offline and unset "
-            "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE on a machine that reaches huggingface.co"
+            f"{entry_kind(entry=entry)} '{entry.name}': {folder} has pickle weights and no safetensors in "
+            f"{names}, and dmedit loads safetensors only; convert them (no code in them is run) with "
+            f"`dmedit models convert {folder}`"
         )
-    check_hub_reachable(label=label)
-    try:
-        from huggingface_hub import HfApi, snapshot_download
-
-        with _quiet_hub_logging():
-            listing = HfApi().list_repo_files(entry.repo, revision=entry.revision)
-            wanted = select_repo_files(files=listing, variant=getattr(entry, "variant", None))
-            if not any(name.endswith(".safetensors") for name in wanted):
-                raise ModelError(
-                    f"cannot pull {label}: {source} has no .safetensors weights; pin a revision that has them"
-                )
-            folder = Path(snapshot_download(
-                entry.repo, revision=entry.revision, cache_dir=hub_cache_dir(), allow_patterns=wanted
-            ))
-    except DmeditError:
-        raise
-    except Exception as error:
-        raise ModelError(f"cannot pull {label} from {source}: {_one_line(error)}") from error
-    if not (folder / marker_file(entry=entry)).is_file():
-        raise ModelError(f"pulled {label} from {source}, but it has no {marker_file(entry=entry)}: not a model folder")
     return folder
 
 
-def hub_endpoint() -> str:
-    """The hub's base URL: $HF_ENDPOINT (a mirror) or https://huggingface.co, read from the environment now."""
-    return (os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def check_hub_reachable(*, label: str) -> None:
-    """A one-line ModelError unless the hub endpoint accepts a TCP connection within CONNECT_TIMEOUT_S.
-
-    When a proxy would carry the request (HTTPS_PROXY, ALL_PROXY and their lowercase forms, unless
-    NO_PROXY exempts the host), the proxy is checked instead: the hub itself may only be reachable
-    through it. Name resolution counts towards the timeout too.
-    """
-    endpoint = urlsplit(hub_endpoint())
-    try:
-        target = (endpoint.hostname or "", endpoint.port or _DEFAULT_PORTS.get(endpoint.scheme, 443))
-    except ValueError:  # a port that is not a number
-        target = ("", 0)
-    if not target[0]:
-        return  # not a usable URL: huggingface_hub reports it
-    proxy = _proxy_for(scheme=endpoint.scheme, host=endpoint.hostname)
-    where = f"{target[0]}:{target[1]}" if proxy is None else f"the proxy {proxy[0]}:{proxy[1]}"
-    problem = _connect_problem(address=proxy or target, timeout_s=CONNECT_TIMEOUT_S)
-    if problem is not None:
-        raise ModelError(
-            f"cannot reach {where} ({problem}) to pull {label}; check the network or proxy, or copy the "
-            f"Hugging Face cache ({hub_cache_dir()}) from a connected machine"
-        )
-
-
-def _proxy_for(*, scheme: str, host: str) -> tuple[str, int] | None:
-    """(host, port) of the proxy the environment gives for `scheme`://`host`, or None for a direct connection."""
-    proxies = urllib.request.getproxies_environment()
-    url = proxies.get(scheme) or proxies.get("all")
-    if not url or urllib.request.proxy_bypass_environment(host, proxies):
-        return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if not parts.hostname:
-        return None
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
-    except ValueError:  # a port that is not a number: let the HTTP client report it
-        return None
-    return parts.hostname, port
-
-
-def _connect_problem(*, address: tuple[str, int], timeout_s: float) -> str | None:
-    """None when `address` accepts a TCP connection within `timeout_s`, else why not, in a few words.
-
-    Runs in a daemon thread so that a name lookup, which socket timeouts do not cover, is bounded too.
-    """
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection(address, timeout=timeout_s):
-                outcome.append(None)
-        except TimeoutError:
-            outcome.append(f"no answer within {timeout_s:g} s")
-        except OSError as error:
-            outcome.append(error.strerror or _one_line(error))
-
-    worker = threading.Thread(target=attempt, name="dmedit-hub-check", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
-
-
-@contextmanager
-def _quiet_hub_logging() -> Iterator[None]:
-    """huggingface_hub's warnings (one per retry: "Retrying in 1s [Retry 1/5]") off stderr while it runs;
-    the failure that ends the retries still arrives as an exception, reported in one line."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    previous = hub_logging.get_verbosity()
-    hub_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hub_logging.set_verbosity(previous)
-
-
-def select_repo_files(*, files: Iterable[str], variant: str | None) -> list[str]:
-    """The repo files a model needs: configs and tokenizer files, and one set of safetensors per folder.
+def select_repo_files(
+    *, files: Iterable[str], variant: str | None, weights: WeightFormat = "safetensors"
+) -> list[str]:
+    """The repo files a model needs: configs and tokenizer files, and one set of weights per folder.
 
     In each folder the `variant` weights (name.fp16.safetensors, name.fp16-00001-of-00002.safetensors)
-    are chosen when that folder has them, else the plain ones; other variants and pickle weights
-    (.bin, .pth, .ckpt) are skipped. Paths are the hub's "/"-separated repo paths.
+    are chosen when that folder has them, else the plain ones; other variants and other formats are
+    skipped. `weights`: "safetensors" (.bin, .pt, .pth, .ckpt skipped) or "pickle" (.bin, .pt, .pth,
+    for an entry that has nothing else; `download.pull` converts them). Paths are the hub's
+    "/"-separated repo paths.
     """
     files = list(files)
     chosen = {name for name in files if any(fnmatchcase(name, pattern) for pattern in CONFIG_AND_TOKENIZER_PATTERNS)}
     weights_by_folder: dict[str, list[tuple[str, str | None]]] = {}
     for name in files:
-        match = _SAFETENSORS_NAME.fullmatch(posixpath.basename(name))
+        match = _WEIGHT_NAMES[weights].fullmatch(posixpath.basename(name))
         if match:
             weights_by_folder.setdefault(posixpath.dirname(name), []).append((name, match["variant"]))
     for weights in weights_by_folder.values():
@@ -263,19 +150,21 @@ def select_repo_files(*, files: Iterable[str], variant: str | None) -> list[str]
     return sorted(chosen)
 
 
-def _kind(*, entry: Entry) -> str:
+def entry_kind(*, entry: Entry) -> str:
+    """"model", "detector" or "scorer": how messages name the entry's table."""
     return "model" if isinstance(entry, ModelEntry) else "scorer" if isinstance(entry, ScorerEntry) else "detector"
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """The error's type and the first line of its message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _missing_message(*, entry: Entry) -> str:
-    label = f"{_kind(entry=entry)} '{entry.name}'"
+    label = f"{entry_kind(entry=entry)} '{entry.name}'"
     marker = marker_file(entry=entry)
-    table = f"{_kind(entry=entry)}s"
+    table = f"{entry_kind(entry=entry)}s"
     defined_in = entry.source_file or "a registry file"
     if entry.path is not None:
         return (
@@ -344,7 +233,7 @@ def _builder_function(*, name: str) -> Callable[..., None]:
     try:
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise ModelError(f"builder {name!r} is unavailable ({BUILDERS[name]}): {_one_line(error)}") from error
+        raise ModelError(f"builder {name!r} is unavailable ({BUILDERS[name]}): {one_line(error)}") from error
 
 
 def _built_model_dir(*, entry: Entry) -> Path:
@@ -354,7 +243,7 @@ def _built_model_dir(*, entry: Entry) -> Path:
     marker = marker_file(entry=entry)
     if (target / marker).is_file():
         return target
-    label = f"{_kind(entry=entry)} '{entry.name}'"
+    label = f"{entry_kind(entry=entry)} '{entry.name}'"
     if target.exists() and any(target.iterdir()):
         raise ModelError(f"{label}: {target} exists but has no {marker}; remove it so it can be rebuilt")
     build = _builder_function(name=entry.builder)
@@ -369,7 +258,7 @@ def _built_model_dir(*, entry: Entry) -> Path:
     except DmeditError:
         raise
     except Exception as error:
-        raise ModelError(f"{label}: building it into {target} failed: {_one_line(error)}") from error
+        raise ModelError(f"{label}: building it into {target} failed: {one_line(error)}") from error
     finally:
         shutil.rmtree(staging_parent, ignore_errors=True)
     return target

@@ -1,11 +1,13 @@
 """What a finished edit writes: the output frames (back at source size, composited under the
 feathered mask), then every file of the bundle in a staging folder (compare video, loss plot, the
-MP4, the extras' files (runs.extras), the report last), renamed into place together
-(runs.outputs.staged_bundle)."""
+mask the run used as OUT.masks/, the source span OUT.source.mp4, the MP4, the extras' files
+(runs.extras), the report, then the page OUT.html (runs.page) from the report), renamed into place
+together (runs.outputs.staged_bundle)."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -13,6 +15,7 @@ import numpy as np
 from dmedit.core.console import Reporter
 from dmedit.core.files import write_json
 from dmedit.engine.windows import seam_measure
+from dmedit.masks.files import save_mask_pngs
 from dmedit.masks.regions import draw_preview
 from dmedit.media.fit import apply_fit, composite, from_model_frames, masks_to_model, side_by_side, tensor_to_frames
 from dmedit.media.video import write_video
@@ -20,6 +23,7 @@ from dmedit.models.model_cache import ModelCache
 from dmedit.runs.extras import FinishedClip, RunExtra
 from dmedit.runs.optimise import Edited
 from dmedit.runs.outputs import companion, staged_bundle
+from dmedit.runs.page import write_run_page
 from dmedit.runs.report import plot_losses, run_report
 
 
@@ -35,13 +39,19 @@ def output_frames(*, edited: Edited) -> np.ndarray:
     return composite(source=clip.frames, edited=frames, masks=clip.mask.feathered(pixels=edited.plan.request.mask.feather))
 
 
+def at_written_size(*, edited: Edited, images: np.ndarray) -> np.ndarray:
+    """Source-sized images (T,H,W,3) at the size of the written frames (fitted with --out-size model)."""
+    if edited.plan.request.output.size == "model":
+        return apply_fit(frames=images, mapping=edited.clip.mask.mapping)
+    return images
+
+
 def compare_frames(*, edited: Edited, frames: np.ndarray) -> np.ndarray:
     """source | mask overlay | edited, at the size of the written frames."""
     clip = edited.clip
     detections = clip.mask.detection.detections if clip.mask.detection is not None else None
-    source, overlay = clip.frames, draw_preview(frames=clip.frames, masks=clip.mask.source, detections=detections)
-    if edited.plan.request.output.size == "model":
-        source, overlay = (apply_fit(frames=images, mapping=clip.mask.mapping) for images in (source, overlay))
+    overlay = draw_preview(frames=clip.frames, masks=clip.mask.source, detections=detections)
+    source, overlay = (at_written_size(edited=edited, images=images) for images in (clip.frames, overlay))
     return side_by_side(panels=[source, overlay, frames])
 
 
@@ -74,6 +84,22 @@ def seams_note(measure: dict[str, Any]) -> str:
     return f"seams: the edit changes {figure} times as much across window boundaries as elsewhere (1 = seamless)"
 
 
+def kept_masks(*, edited: Edited) -> tuple[Path | None, bool]:
+    """(OUT.masks/, the folder keeping the mask the run used in the form `--mask DIR` reads, or None
+    for --mask full; whether the bundle writes it): not written when the run's --mask is that
+    folder (it holds the mask already) or lies inside it (an input is never replaced)."""
+    if edited.clip.mask.origin == "full":
+        return None, False
+    folder = companion(output=edited.plan.output, suffix=".masks")
+    source = edited.plan.request.mask.source
+    if source is None or edited.clip.mask.origin != "file":
+        return folder, True
+    given = Path(source).resolve()
+    if given == folder.resolve():
+        return folder, False
+    return (None, False) if given.is_relative_to(folder.resolve()) else (folder, True)
+
+
 def write_bundle(*, edited: Edited, frames: np.ndarray, reporter: Reporter, models: ModelCache,
                  extras: Sequence[RunExtra] = ()) -> None:
     """Every file in a staging folder (compare, plot, MP4, extras, then the report with the full
@@ -91,6 +117,13 @@ def write_bundle(*, edited: Edited, frames: np.ndarray, reporter: Reporter, mode
         if settings.plot:
             plot_losses(path=folder / companion(output=plan.output, suffix=".loss.png").name,
                         history=edited.result.history)
+        masks, write_masks = kept_masks(edited=edited)
+        if write_masks:
+            save_mask_pngs(masks=edited.clip.mask.source, folder=folder / masks.name, span=plan.span.to_dict())
+        if settings.html:  # the source span the page plays beside the edit: its frames, size and timing
+            write_video(path=folder / companion(output=plan.output, suffix=".source.mp4").name,
+                        frames=at_written_size(edited=edited, images=edited.clip.frames),
+                        **audio | {"audio_source": None})
         written = write_video(path=folder / plan.output.name, frames=frames, **audio)
         if written.note:
             notes.append(written.note)
@@ -99,9 +132,11 @@ def write_bundle(*, edited: Edited, frames: np.ndarray, reporter: Reporter, mode
         if measure is not None:
             notes.append(seams_note(measure))
         report = run_report(edited=dataclasses.replace(edited, notes=tuple(notes)), written=written, timings=reporter.timings_so_far(),
-                            seams=measure)
+                            seams=measure) | {"masks": None if masks is None else str(masks)}
         clip = finished_clip(edited=edited, frames=frames, models=models) if extras else None
         for extra in extras:
             report |= extra.write(clip=clip, folder=folder, output=plan.output)
         write_json(path=folder / companion(output=plan.output, suffix=".json").name, data=report)
+        if settings.html:
+            write_run_page(folder=folder, output=plan.output, report=report)
 

@@ -67,7 +67,8 @@ def stages_to_run(*, entry: ModelEntry, registry: Registry, stop_after: str | No
 def check_cascade(*, request: RunRequest, entry: ModelEntry, registry: Registry, device: torch.device) -> None:
     """The plan's check of a cascade (runs.plan.PlanCheck): a stage entry is not a model to edit
     with and the cascade settings need a cascade (UsageError); a ModelError names every stage the
-    run needs that is not on this machine and how to get them."""
+    run needs that is not on this machine and how to get them, or names `dmedit models convert` for a
+    stage whose weights are still pickles."""
     if entry.family in STAGE_FAMILIES:
         users = [name for name, model in registry.models.items() if entry.name in model.stages]
         hint = f"run its cascade: --model {users[0]}" if users else "run the cascade that lists it in `stages`"
@@ -85,6 +86,8 @@ def check_cascade(*, request: RunRequest, entry: ModelEntry, registry: Registry,
             f"model '{entry.name}' is not on this machine: missing {listed}. Run `dmedit models pull {entry.name}` "
             f"on a connected machine (it pulls every stage; copy the Hugging Face cache {hub_cache_dir()} here if "
             "it is another one), or set `path` for each missing entry in a registry file (--registry FILE).")
+    for stage in needed:
+        resolve_weights(entry=stage)  # pickle-only weights: the convert line before the keyframes run
 
 
 def _source(entry: ModelEntry) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dmedit.core.errors import UsageError
+from dmedit.core.files import write_error
 from dmedit.engine.checkpoints import checkpoint_path
 from dmedit.runs.signals import signals_held
 
@@ -105,18 +106,46 @@ def remove_stale_partials(*, output: Path) -> list[Path]:
 def staged_bundle(*, output: Path) -> Iterator[Path]:
     """Yields a hidden staging folder beside `output`. Write every file of the bundle into it
     under its final name; when the block ends normally they are renamed into place (the file
-    named like `output` last) with signals held; otherwise the folder is removed."""
+    named like `output` last) with signals held; otherwise the folder is removed. A failed write
+    (a full disk) is an OSError naming the file's final place, never the staging folder
+    (core.files.write_error: one line with the free space)."""
     staging = output.with_name(f".{output.stem}.bundle-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        staging.mkdir()
         yield staging
         files = sorted(staging.iterdir(), key=lambda path: path.name == output.name)
         with signals_held():
             for path in files:
-                os.replace(path, output.with_name(path.name))
+                _move_into_place(path=path, target=output.with_name(path.name))
+    except OSError as error:
+        raise _named_in_place(error=error, staging=staging, output=output) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _named_in_place(*, error: OSError, staging: Path, output: Path) -> OSError:
+    """`error` naming where the staged file it names goes (`output` when it names none); an error
+    about a file outside the staging folder (a source read, say) already names it."""
+    named = os.path.abspath(error.filename if isinstance(error.filename, (str, os.PathLike)) else staging)
+    try:
+        inside = Path(named).relative_to(os.path.abspath(staging))
+    except ValueError:
+        return error
+    return write_error(error=error, path=output.parent.joinpath(*inside.parts) if inside.parts else output)
+
+
+def _move_into_place(*, path: Path, target: Path) -> None:
+    """`os.replace`, except that a staged folder (OUT.masks/) replaces a folder of the same name:
+    the old one is first renamed to a hidden partial name (cleaned up as stale if we are killed)."""
+    if not (path.is_dir() and target.is_dir()):
+        os.replace(path, target)
+        return
+    old = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(path, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_complete(*, output: Path) -> bool:

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 from dmedit.core.console import Reporter
 from dmedit.core.errors import OutOfMemoryError, UsageError
+from dmedit.core.files import created_folders
 from dmedit.masks.files import save_mask_pngs
 from dmedit.masks.regions import draw_preview
 from dmedit.media.video import check_output_path, probe, read_frames, readable_input, write_video
@@ -29,7 +30,7 @@ from dmedit.runs.clip import detect_objects, read_clip
 from dmedit.runs.extras import RunExtra
 from dmedit.runs.levers import check_levers
 from dmedit.runs.optimise import Edited, optimise
-from dmedit.runs.outputs import is_complete, output_lock, remove_stale_partials
+from dmedit.runs.outputs import companion, is_complete, output_lock, remove_stale_partials, staged_bundle
 from dmedit.runs.plan import RunPlan, plan_run, span_of
 from dmedit.runs.settings import MaskRequest, RunRequest
 
@@ -74,7 +75,8 @@ def run_edit(*, request: RunRequest, reporter: Reporter, models: ModelCache | No
     with memory_failures(reporter=reporter), readable_input(path=request.video) as video:
         overwrite = request.output.overwrite or request.resume
         check_output_path(output=output, inputs=[request.video, video], overwrite=overwrite)
-        with output_lock(output=output):
+        checkpoints = companion(output=output, suffix=".run")
+        with created_folders(folder=output.parent, scratch=[checkpoints]), output_lock(output=output):
             remove_stale_partials(output=output)
             plan = plan_run(request=request, video=video, output=output, reporter=reporter,
                             checks=(*RUN_CHECKS, *(extra.check for extra in extras)))
@@ -112,13 +114,15 @@ def _mask_outputs(*, request: MaskRequest) -> tuple[Path, Path]:
 
 
 def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path, Path]:
-    """`dmedit mask`: detection only (no video model): OUT.mask.mp4 and OUT.masks/*.png (+ span.json)."""
+    """`dmedit mask`: detection only (no video model): OUT.mask.mp4 and OUT.masks/*.png (+ span.json),
+    staged and renamed into place together (both or neither); a missing output folder is created."""
     preview, folder = _mask_outputs(request=request)
     with memory_failures(reporter=reporter), readable_input(path=request.video) as video:
         check_output_path(output=preview, inputs=[request.video, video], overwrite=request.output.overwrite)
         if folder.exists() and not request.output.overwrite:
             raise UsageError(f"{folder} exists; pass --overwrite to replace it")
-        with output_lock(output=preview):
+        with created_folders(folder=preview.parent), output_lock(output=preview):
+            remove_stale_partials(output=preview)
             info = probe(path=video, shown_as=request.video)
             registry = load_registry(registry_file=request.model.registry)
             entry = registry.model(request.model.name)
@@ -130,13 +134,9 @@ def run_mask_preview(*, request: MaskRequest, reporter: Reporter) -> tuple[Path,
                 result = detect_objects(registry=registry, entry=entry, settings=request.mask,
                                         prompt=request.mask.prompt, frames=frames, device=device, models=ModelCache())
             reporter.release()
-            with reporter.stage("write"):
+            with reporter.stage("write"), staged_bundle(output=preview) as staging:
                 overlay = draw_preview(frames=frames, masks=result.masks, detections=result.detections)
-                write_video(path=preview, frames=overlay, fps=span.fps, crf=request.output.crf,
+                write_video(path=staging / preview.name, frames=overlay, fps=span.fps, crf=request.output.crf,
                             timestamps=span.timestamps)
-                staging = folder.with_name(f".{folder.name}.partial")
-                shutil.rmtree(staging, ignore_errors=True)
-                save_mask_pngs(masks=result.masks, folder=staging, span=span.to_dict())
-                shutil.rmtree(folder, ignore_errors=True)
-                staging.rename(folder)
+                save_mask_pngs(masks=result.masks, folder=staging / folder.name, span=span.to_dict())
     return preview, folder

@@ -1,5 +1,5 @@
-"""The run report (OUT.json) and the loss plot (OUT.loss.png), both from a finished edit's values;
-both are written atomically (core.files)."""
+"""The run report (OUT.json) and the loss curves (OUT.loss.png, a matplotlib figure in the style of
+runs.figures), both from a finished edit's values; both are written atomically (core.files)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,20 @@ import resource
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import cv2
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from dmedit.media.encode import WrittenVideo
-from dmedit.media.images import write_png
+from dmedit.runs.figures import draw_lines, empty_panel, panel_figure, png_bytes, save_png
 from dmedit.runs.optimise import Edited
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PACKAGES = (
     "dmedit", "torch", "diffusers", "transformers", "huggingface_hub", "av",
-    "opencv-python-headless", "numpy", "typer", "rich",
+    "opencv-python-headless", "numpy", "typer", "rich", "matplotlib",
 )
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-PLOT_COLOURS = ((40, 40, 220), (40, 160, 40), (200, 90, 20), (120, 40, 160))
 
 
 def package_versions() -> dict[str, str]:
@@ -56,34 +55,26 @@ def thread_settings() -> dict[str, Any]:
     return settings
 
 
-def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]], width: int = 720, height: int = 160) -> None:
-    """One panel per loss term (each on its own scale) against the step, drawn with OpenCV; PNG."""
+def loss_figure(*, history: Mapping[str, Sequence[float]]) -> Figure:
+    """One panel per loss term (each on its own scale) against the optimisation step (1, 2, …)."""
     terms = [name for name in history if name != "t" and len(history[name]) > 0]
-    panels = [
-        _plot_panel(name=name, values=np.asarray(history[name], dtype=np.float64), colour=PLOT_COLOURS[i % 4],
-                    width=width, height=height)
-        for i, name in enumerate(terms)
-    ]
-    image = np.concatenate(panels, axis=0) if panels else np.full((height, width, 3), 255, np.uint8)
-    write_png(path=path, image=image, what="the loss plot")
+    figure, panels = panel_figure(panels=len(terms))
+    for axes, name in zip(panels, terms):
+        draw_lines(axes=axes, lines={name: history[name]}, title=f"{name} loss ({len(history[name])} steps)",
+                   xlabel="step", ylabel=f"{name} (loss value)", legend=False, first=1)
+    if not terms:
+        empty_panel(axes=panels[0], message="no loss recorded (no optimisation step ran)")
+    return figure
 
 
-def _plot_panel(*, name: str, values: np.ndarray, colour: tuple[int, int, int], width: int, height: int) -> np.ndarray:
-    panel = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, width - 10, 24, height - 20
-    cv2.rectangle(panel, (left, top), (right, bottom), (200, 200, 200), 1)
-    finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    span = high - low if high > low else 1.0
-    xs = left + (right - left) * np.arange(len(values)) / max(1, len(values) - 1)
-    ys = bottom - (bottom - top) * (np.nan_to_num(values, nan=low) - low) / span
-    points = np.stack([xs, ys], axis=1).round().astype(np.int32).reshape(-1, 1, 2)
-    cv2.polylines(panel, [points], isClosed=False, color=colour, thickness=1, lineType=cv2.LINE_AA)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(panel, f"{name} (steps 1..{len(values)})", (left, 16), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(panel, f"{high:.3g}", (4, top + 10), font, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-    cv2.putText(panel, f"{low:.3g}", (4, bottom), font, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-    return panel
+def loss_png(*, history: Mapping[str, Sequence[float]]) -> bytes:
+    """The loss curves (loss_figure) as PNG bytes, e.g. to embed in a page."""
+    return png_bytes(figure=loss_figure(history=history))
+
+
+def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]]) -> None:
+    """The loss curves (loss_figure) written atomically as a PNG at `path` (OUT.loss.png)."""
+    save_png(path=path, png=loss_png(history=history))
 
 
 def run_report(*, edited: Edited, written: WrittenVideo, timings: Mapping[str, float],

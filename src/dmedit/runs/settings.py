@@ -162,7 +162,8 @@ class ModelSettings:
 @dataclass(frozen=True)
 class OutputSettings:
     """What is written: path (None = IN.dmedit.mp4 beside the input), H.264 crf, the source's audio,
-    size (source or model resolution), companions (compare video, loss plot), compositing, and
+    size (source or model resolution), companions (compare video, loss plot, the page OUT.html with
+    the source span OUT.source.mp4 it plays), compositing, and
     what to do when the output exists; eval: score the edit into the report (`eval` key, OUT.eval.png),
     with the model-based metrics' models `eval_scorers` (models.scorers.choice.parse_scorers; None = the registry's)."""
 
@@ -174,6 +175,9 @@ class OutputSettings:
                                            names=("--out-size",)))
     compare: bool = setting(False, Flag(help="Also write OUT.compare.mp4: source | mask | edited.", panel=OUTPUT))
     plot: bool = setting(False, Flag(help="Also write OUT.loss.png with the loss curves.", panel=OUTPUT))
+    html: bool = setting(True, Switch("--no-html", panel=OUTPUT, value=False, help=(
+        "Do not write OUT.html, the run's page (source and edit played together, figures, settings), "
+        "nor OUT.source.mp4, the source span it plays.")))
     composite: bool = setting(True, Switch("--no-composite", panel=OUTPUT, value=False,
                                            help="Write the model's whole frame, not source pixels outside the mask."))
     overwrite: bool = setting(False, Flag(help="Replace existing outputs.", panel=OUTPUT))

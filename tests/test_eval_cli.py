@@ -150,14 +150,23 @@ def test_ablate_checks_its_scorers_before_any_run(tmp_path: Path, clip: Path, sq
     assert not any(folder.glob("*.mp4")), "nothing ran"
 
 
-def test_an_ablation_rerun_scores_the_finished_runs_without_running_them(tmp_path: Path, clip: Path,
-                                                                         square_mask: Path) -> None:
+TABLE_FILE_LIMIT = 100 * 1024
+"""Bytes a file may reach: more than each file of the four 4-frame runs (their pages, 53 to 77 KB, are
+the largest), less than ablation.png (about 125 KB)."""
+
+
+def test_an_ablation_rerun_scores_the_finished_runs_without_running_them(
+        tmp_path: Path, clip: Path, square_mask: Path, tiny_model_dir: Path) -> None:
     folder = tmp_path / "ablation"
     args = ["ablate", str(clip), "--src", "a red square", "--tgt", "a green square", "--model", "tiny",
             "--steps", "2", "--frames", "4", "--mask", str(square_mask), "--scorers", "none", "--out-dir", str(folder)]
-    assert dmedit(*args).returncode == 0
-    for name in ("ablation.md", "ablation.json", "ablation.png", "ablation.mp4", "index.html"):
-        (folder / name).unlink()
+    full_disk = dmedit(*args, file_size_limit=TABLE_FILE_LIMIT)  # the four runs fit, not ablation.png
+    assert full_disk.returncode == 1 and "Traceback" not in full_disk.stderr, full_disk.stderr
+    errors = [line for line in full_disk.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder / 'ablation.png'}: "), full_disk.stderr
+    assert "MiB free on its disk" in errors[0]
+    left = sorted(path.name for path in folder.iterdir())
+    assert not [name for name in left if name.startswith(("ablation", "index", "."))], f"the table is all or none: {left}"
     runs = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
     rerun = dmedit(*args)
     assert rerun.returncode == 0, rerun.stderr

@@ -34,7 +34,7 @@ from dmedit.media.video import probe, read_frames, select_span, write_video
 from dmedit.models.model_cache import ModelCache
 from dmedit.models.registry import load_registry
 from dmedit.models.scorers.choice import Scorers
-from dmedit.runs.outputs import companion, is_complete
+from dmedit.runs.outputs import companion, is_complete, staged_bundle
 from dmedit.runs.pipeline import run_edit, run_mask_preview
 from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
 
@@ -171,15 +171,17 @@ def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
         scores[label] = metrics
         records[name] = {"label": label, "changes": changes, "output": str(edited), "eval": record}
     table = markdown_table(runs=scores)
-    write_json(path=request.out_dir / "ablation.json", data={
-        "video": str(base.video), "src": base.src, "tgt": base.tgt, "model": base.model.name,
-        "seed": base.edit.seed, "mask": base.mask.source, "scorers": request.scorers.to_text(), "runs": records})
-    write_text(path=request.out_dir / "ablation.md", text=_markdown_document(base=base, table=table))
-    plot_curves(path=request.out_dir / "ablation.png", series=scores)
-    _write_side_by_side(request=request)
-    if request.run.output.html:
-        write_ablation_page(out_dir=request.out_dir, base=base, variants=[(name, label) for name, label, _ in VARIANTS],
-                            scores=scores, scorers=request.scorers.to_text())
+    with staged_bundle(output=request.out_dir / "ablation.md") as folder:  # the table's files: all or none
+        write_json(path=folder / "ablation.json", data={
+            "video": str(base.video), "src": base.src, "tgt": base.tgt, "model": base.model.name,
+            "seed": base.edit.seed, "mask": base.mask.source, "scorers": request.scorers.to_text(), "runs": records})
+        write_text(path=folder / "ablation.md", text=_markdown_document(base=base, table=table))
+        plot_curves(path=folder / "ablation.png", series=scores)
+        _write_side_by_side(request=request, folder=folder)
+        if request.run.output.html:
+            write_ablation_page(out_dir=request.out_dir, folder=folder, base=base, scores=scores,
+                                variants=[(name, label) for name, label, _ in VARIANTS],
+                                scorers=request.scorers.to_text())
     return table
 
 
@@ -200,8 +202,8 @@ def labelled(*, frames: np.ndarray, label: str) -> np.ndarray:
     return np.concatenate([np.broadcast_to(strip, (len(frames), *strip.shape)), frames], axis=1)
 
 
-def _write_side_by_side(*, request: AblationRequest) -> None:
-    """ablation.mp4: the four results left to right, each under its label, at the full run's rate."""
+def _write_side_by_side(*, request: AblationRequest, folder: Path) -> None:
+    """folder/ablation.mp4: the four results left to right, each under its label, at the full run's rate."""
     panels, fps = [], None
     for name, label, _ in VARIANTS:
         info = probe(path=request.out_dir / f"{name}.mp4")
@@ -209,4 +211,4 @@ def _write_side_by_side(*, request: AblationRequest) -> None:
         frames = read_frames(info=info, span=select_span(info=info, start=None, frames=None))
         panels.append(labelled(frames=frames, label=label))
     count = min(len(panel) for panel in panels)
-    write_video(path=request.out_dir / "ablation.mp4", frames=side_by_side(panels=[p[:count] for p in panels]), fps=fps)
+    write_video(path=folder / "ablation.mp4", frames=side_by_side(panels=[p[:count] for p in panels]), fps=fps)

@@ -14,6 +14,7 @@ import pytest
 
 from clips import make_clip
 from test_cli_errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, assert_clean_failure, dmedit
+from test_cli_faults import dead_pid
 from test_figures import matplotlib_png, panel_size
 
 PAPER_METRICS = {"text_align", "frame_con", "frame_lpips", "motion_fidelity"}
@@ -168,10 +169,14 @@ def test_an_ablation_rerun_scores_the_finished_runs_without_running_them(
     left = sorted(path.name for path in folder.iterdir())
     assert not [name for name in left if name.startswith(("ablation", "index", "."))], f"the table is all or none: {left}"
     runs = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
+    killed = folder / f".ablation.bundle-{dead_pid()}"  # the staging folder of an ablate killed mid-table
+    killed.mkdir()
+    (killed / "ablation.md").write_text("half a table")
     rerun = dmedit(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert {path: path.stat().st_mtime_ns for path in runs} == runs
     assert (folder / "ablation.md").is_file() and (folder / "ablation.mp4").is_file()
+    assert not killed.exists(), "a killed ablate's staging folder is removed"
     other = dmedit(*[arg if arg != "2" else "3" for arg in args])
     assert other.returncode == 2 and "exists; pass --overwrite" in other.stderr, "other settings run nothing"
 

@@ -34,7 +34,7 @@ from dmedit.media.video import probe, read_frames, select_span, write_video
 from dmedit.models.model_cache import ModelCache
 from dmedit.models.registry import load_registry
 from dmedit.models.scorers.choice import Scorers
-from dmedit.runs.outputs import companion, is_complete, staged_bundle
+from dmedit.runs.outputs import companion, is_complete, remove_stale_partials, staged_bundle
 from dmedit.runs.pipeline import run_edit, run_mask_preview
 from dmedit.runs.settings import MaskRequest, OutputSettings, RunRequest
 
@@ -171,6 +171,7 @@ def run_ablation(*, request: AblationRequest, reporter: Reporter) -> str:
         scores[label] = metrics
         records[name] = {"label": label, "changes": changes, "output": str(edited), "eval": record}
     table = markdown_table(runs=scores)
+    remove_stale_partials(output=request.out_dir / "ablation.md")  # of a killed ablate
     with staged_bundle(output=request.out_dir / "ablation.md") as folder:  # the table's files: all or none
         write_json(path=folder / "ablation.json", data={
             "video": str(base.video), "src": base.src, "tgt": base.tgt, "model": base.model.name,

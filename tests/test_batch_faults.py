@@ -9,11 +9,8 @@ with EFBIG (Python ignores SIGXFSZ), as a full disk fails it with ENOSPC."""
 from __future__ import annotations
 
 import json
-import os
-import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

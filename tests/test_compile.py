@@ -310,13 +310,18 @@ def test_a_compile_cache_that_cannot_be_written_stops_the_run_naming_it(
 
 
 def test_an_error_of_the_run_itself_is_not_taken_for_a_compile_failure(tiny_backend, frames, monkeypatch) -> None:
+    calls: list[int] = []
+
     def broken(**kwargs):
+        calls.append(1)
         raise ValueError("not the compiler's fault")
 
     monkeypatch.setattr(tiny_backend, "predict_noise", broken)
     compiled = CompileChoice(enabled=True, mode="default", backend="aot_eager", reason="test")
+    warnings: list[str] = []
     with pytest.raises(ValueError, match="not the compiler's fault"):
-        editor.optimise(session=_session(tiny_backend, frames[:2], compile=compiled))
+        editor.optimise(session=_session(tiny_backend, frames[:2], compile=compiled), on_warning=warnings.append)
+    assert warnings == [] and len(calls) == 1, "no fall-back to eager, no second try"
 
 
 def test_only_compiler_errors_count_as_compile_failures() -> None:

@@ -36,6 +36,14 @@ class Planted:
         return (open, (str(self.path), "w"))
 
 
+def test_the_planted_pickle_runs_its_code_in_an_unrestricted_load(tmp_path: Path) -> None:
+    """What the refusals below guard against is real: a plain torch.load runs the planted call."""
+    marker = tmp_path / "ran.txt"
+    torch.save({"x": Planted(marker)}, tmp_path / "planted.bin")
+    torch.load(tmp_path / "planted.bin", weights_only=False)
+    assert marker.exists()
+
+
 def pickle_name(safetensors: str) -> str:
     """The pickle a hub repository would hold in place of a safetensors file."""
     stem = safetensors.removesuffix(".safetensors")
@@ -191,6 +199,24 @@ def test_a_pickle_that_would_run_code_is_refused_and_creates_nothing(tmp_path: P
     assert_clean_failure(result, code=4, mentions=str(model / "unet" / "diffusion_pytorch_model.bin"), folder=model)
     assert "refused" in result.stderr and not marker.exists()
     assert files_under(model) == before  # no safetensors, no partial file
+
+
+def test_a_full_disk_while_converting_is_one_line_and_a_rerun_goes_on(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = pickled_copy(source=tiny_model_dir, target=tmp_path / "pickled-tiny")
+    before = files_under(folder)
+    largest = max((folder / name).stat().st_size for name in before if name.endswith(".bin"))
+    full = dmedit("models", "convert", str(folder), file_size_limit=largest // 2)
+    lines = [line for line in full.stderr.splitlines() if line.strip()]
+    assert full.returncode == 1 and len(lines) == 1, full.stderr
+    assert lines[0].startswith(f"error: {folder}/") and ".safetensors: File too large" in lines[0], lines[0]
+    assert "MiB free on its disk" in lines[0]
+    failed = lines[0].removeprefix(f"error: {folder}/").split(":")[0]
+    after = files_under(folder)
+    assert set(before) <= set(after) and failed not in after, "the pickles stay; the failed file is absent"
+    assert not [name for name in after if Path(name).name.startswith(".")], "no partial file"
+    again = dmedit("models", "convert", str(folder))
+    assert again.returncode == 0 and failed in files_under(folder), again.stderr
 
 
 def test_a_bin_only_tiny_model_is_refused_then_converts_and_runs(

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 import pytest
 
@@ -53,6 +54,41 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(
     line = _one_line_naming(done, output.with_name("out.run") / "checkpoint.pt")
     assert "cannot write the checkpoint" in line, line
     assert _everything_under(tmp_path) == [], "no partial checkpoint, and no empty out.run/ folder"
+
+
+SAVE_A_LARGER_CHECKPOINT = """
+import sys
+from pathlib import Path
+import torch
+from dmedit.engine.checkpoints import Checkpoint, save_checkpoint
+checkpoint = Checkpoint(fingerprint="run", step=2, latents=torch.zeros(100_000), optimizer={},
+                        generator=torch.zeros(8, dtype=torch.uint8), history={"dds": [0.5, 0.25]})
+try:
+    save_checkpoint(checkpoint=checkpoint, path=Path(sys.argv[1]))
+except OSError as error:
+    sys.exit(f"{error.filename}: {error.strerror}")
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    import resource
+
+    import torch
+
+    from dmedit.engine.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "out.run" / "checkpoint.pt"
+    save_checkpoint(path=path, checkpoint=Checkpoint(
+        fingerprint="run", step=1, latents=torch.ones(16), optimizer={}, generator=torch.zeros(8, dtype=torch.uint8),
+        history={"dds": [0.5]}))
+    limit = 64 * 1024  # more than the first checkpoint, less than the second (about 400 KB)
+    failed = subprocess.run([sys.executable, "-c", SAVE_A_LARGER_CHECKPOINT, str(path)], capture_output=True,
+                            text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert failed.returncode == 1 and failed.stderr.strip() == (
+        f"{path}: cannot write the checkpoint (File too large)"), failed.stderr
+    kept = load_checkpoint(path=path, fingerprint="run", steps=5)
+    assert kept.step == 1 and torch.equal(kept.latents, torch.ones(16)) and kept.history == {"dds": [0.5]}
+    assert sorted(child.name for child in path.parent.iterdir()) == ["checkpoint.pt"], "no partial file"
 
 
 @pytest.mark.parametrize("extra, failing", [

@@ -133,6 +133,8 @@ def test_run_eval_offline_scores_weight_free_and_records_the_skipped(tmp_path: P
     assert result.returncode == 0, result.stderr
     scores = json.loads(output.with_suffix(".json").read_text())["eval"]
     assert set(scores["skipped"]) == PAPER_METRICS and set(scores["metrics"]) == WEIGHT_FREE
+    said = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert sorted(line.split()[1].rstrip(":") for line in said) == sorted(PAPER_METRICS), result.stderr
 
 
 def test_run_eval_scorers_are_checked_before_the_run(tmp_path: Path, clip: Path) -> None:

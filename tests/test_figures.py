@@ -88,3 +88,8 @@ def test_curves_without_per_frame_values_are_one_panel_saying_so() -> None:
 def test_a_lone_value_shows_as_a_dot(values: list[float]) -> None:
     line = curves_figure(series={"edit": {"m": metric("m", values)}}).axes[0].lines[0]
     assert line.get_marker() == "o"
+
+
+def test_a_line_of_several_values_has_no_dots() -> None:
+    line = curves_figure(series={"edit": {"m": metric("m", [1.0, 2.0, 3.0])}}).axes[0].lines[0]
+    assert line.get_marker() in (None, "None", "") and len(line.get_xdata()) == 3

@@ -290,6 +290,19 @@ def test_select_repo_files_without_variant_and_with_shards() -> None:
     assert hub.select_repo_files(files=sharded, variant="fp16") == sharded[2:]
 
 
+def test_a_pickle_entry_pulls_the_weights_loaders_read_and_nothing_else() -> None:
+    listing = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+               "unet/diffusion_pytorch_model.fp16.bin", "unet/training_args.bin", "optimizer.pt",
+               "text_encoder/pytorch_model-00001-of-00002.bin", "text_encoder/pytorch_model-00002-of-00002.bin",
+               "text_encoder/pytorch_model.bin.index.json", "vae/diffusion_pytorch_model.safetensors"]
+    wanted = hub.select_repo_files(files=listing, variant=None, weights="pickle")
+    assert [name for name in wanted if not name.endswith(".json")] == [
+        "text_encoder/pytorch_model-00001-of-00002.bin", "text_encoder/pytorch_model-00002-of-00002.bin",
+        "unet/diffusion_pytorch_model.bin"]
+    assert "unet/diffusion_pytorch_model.fp16.bin" in hub.select_repo_files(files=listing, variant="fp16",
+                                                                           weights="pickle")
+
+
 def test_path_entry_needs_its_marker_file(tmp_path: Path) -> None:
     folder = tmp_path / "my-finetune"
     folder.mkdir()

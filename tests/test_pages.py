@@ -26,7 +26,7 @@ from dmedit.cli.run_flags import job_options
 from dmedit.core.console import Reporter
 from test_cli_errors import EXIT_USAGE, assert_clean_failure, dmedit
 
-EXIT_FAILURE, EXIT_INPUT, EXIT_BATCH_FAILED = 1, 3, 6
+EXIT_FAILURE, EXIT_BATCH_FAILED = 1, 6
 TINY = ("--model", "tiny", "--steps", "1")
 ODD_NAME = "<b>&\"'"
 """A job (file) name made of HTML metacharacters."""
@@ -252,3 +252,20 @@ def test_a_file_where_the_batch_folder_should_be_is_a_usage_error(tmp_path: Path
     result = dmedit("batch", str(clip.parent), "--src", "a", "--tgt", "b", *TINY, "--frames", "4", "-o", str(taken))
     assert_clean_failure(result, code=EXIT_USAGE, mentions="a file stands where this folder should be", folder=tmp_path)
     assert taken.read_text() == "a file\n"
+
+
+def test_a_batch_page_that_cannot_be_written_leaves_the_batch_its_outcome(tmp_path: Path) -> None:
+    """The page is for looking: when it cannot be written (here a folder stands in its place; a full
+    disk alike), one warning says so and the jobs, the summary and the exit code are the batch's."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    make_clip(shots / "a.mp4", frames=4)
+    out = tmp_path / "out"
+    (out / "index.html").mkdir(parents=True)
+    result = dmedit("batch", str(shots), "--src", "a", "--tgt", "b", *TINY, "--frames", "4", "--mask", "full",
+                    "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "batch page" in line]
+    assert len(warnings) == 1 and f"{out / 'index.html'}" in warnings[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "a.mp4").is_file() and result.stdout.strip().splitlines()[-1].startswith("1 job")

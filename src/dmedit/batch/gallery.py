@@ -15,12 +15,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
 from dmedit.batch.jobs import JobSpec
 from dmedit.batch.workers import JobOutcome
+from dmedit.core.disk import failed_io_line
 from dmedit.core.errors import DmeditError, UsageError
 from dmedit.core.files import write_text
 from dmedit.media.video import probe, read_frames, select_span
@@ -75,11 +76,16 @@ class Gallery:
     shown: dict[int, tuple[str | None, float | None]] = field(default_factory=dict)
     """A finished job's poster and time, read once."""
     started: float = field(default_factory=time.monotonic)
+    warn: Callable[[str], None] = lambda line: None
+    """Told once when the page cannot be written (a full disk): the page is left as it is and the
+    batch goes on, so that its jobs' outcomes, its summary and its exit code are the batch's own."""
+    failed: bool = False
 
     @classmethod
-    def opened(cls, *, path: Path, jobs: Sequence[JobSpec], skipped: Sequence[JobOutcome]) -> "Gallery":
+    def opened(cls, *, path: Path, jobs: Sequence[JobSpec], skipped: Sequence[JobOutcome],
+               warn: Callable[[str], None]) -> "Gallery":
         """The page of a batch about to run its jobs, written once with the jobs done before."""
-        gallery = cls(path=path, jobs=list(jobs), states={outcome.index: outcome for outcome in skipped})
+        gallery = cls(path=path, jobs=list(jobs), states={outcome.index: outcome for outcome in skipped}, warn=warn)
         gallery.write(running=True)
         return gallery
 
@@ -99,6 +105,15 @@ class Gallery:
         self.write(running=False)
 
     def write(self, *, running: bool) -> None:
+        if self.failed:
+            return
+        try:
+            self._write(running=running)
+        except OSError as error:
+            self.failed = True
+            self.warn(f"the batch page is no longer updated: {failed_io_line(error=error)}")
+
+    def _write(self, *, running: bool) -> None:
         cards = [self._card(job=job) for job in self.jobs]
         counts = {status: sum(card["status"] == status for card in cards) for status in
                   ("done", "skipped", "failed", "interrupted", "running", "pending")}

@@ -317,7 +317,7 @@ def run_batch(*, jobs: list[JobSpec], settings: BatchSettings, reporter: Reporte
         events.end(outcome=outcome)
     if settings.out_dir is not None and settings.gallery:
         events = dataclasses.replace(events, gallery=Gallery.opened(
-            path=settings.out_dir / PAGE_NAME, jobs=jobs, skipped=outcomes))
+            path=settings.out_dir / PAGE_NAME, jobs=jobs, skipped=outcomes, warn=reporter.warn))
     ended = QueueEnd(outcomes=[])
     if to_run:
         with open_pool(settings=settings, reporter=reporter) as pool:

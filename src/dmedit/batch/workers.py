@@ -126,7 +126,8 @@ def run_job(*, job: JobSpec, models: ModelCache) -> JobOutcome:
                                   output=dataclasses.replace(job.request.output, overwrite=True))
     try:
         _record(job=job, state="started")
-        run_edit(request=request, reporter=_silent_reporter(), models=models, extras=run_extras(request=request))
+        reporter = _silent_reporter()
+        run_edit(request=request, reporter=reporter, models=models, extras=run_extras(request=request, reporter=reporter))
         _record(job=job, state="done", extra={"seconds": round(time.perf_counter() - started, 3)})
     except InterruptedRun as error:
         return ended("interrupted", error.exit_code, str(error))

@@ -100,7 +100,7 @@ def _run_command(*, flags: RunFlags) -> None:
             request = flags.request()  # bad settings fail here, before torch and the model libraries load
             from dmedit.evaluation.scoring import run_extras
             from dmedit.runs.pipeline import run_edit
-        written = run_edit(request=request, reporter=reporter, extras=run_extras(request=request))
+        written = run_edit(request=request, reporter=reporter, extras=run_extras(request=request, reporter=reporter))
         if written is not None:
             typer.echo(str(written))
 

@@ -64,7 +64,7 @@ def eval_command(
         prepare_environment(offline=offline)
         from dmedit.evaluation.metric_report import format_table  # imports cv2
         from dmedit.evaluation.compare import EvalRequest
-        from dmedit.evaluation.scoring import evaluate  # imports torch
+        from dmedit.evaluation.scoring import evaluate, report_skipped  # imports torch
 
         request = EvalRequest(source=source, edited=edited, target_text=tgt, mask=mask, start=start, frames=frames,
                               registry=registry, device=device, scorers=parse_scorers(text=scorers))
@@ -74,8 +74,7 @@ def eval_command(
         record = {"source": str(source), "edited": str(edited), **record}
         for note in record["notes"]:
             reporter.line(f"note: {note}")
-        for name, reason in record["skipped"].items():
-            reporter.line(f"skipped {name}: {reason}")
+        report_skipped(reporter=reporter, skipped=record["skipped"])
         reporter.release()
         if out is not None:
             _write_scores(out=out, metrics=metrics, record=record)

@@ -20,8 +20,9 @@ CHAIN_LIMIT = 16
 """Errors followed through `__cause__`/`__context__` at most (a chain can loop back on itself)."""
 
 
-def out_of_space(*, error: BaseException) -> bool:
-    """True when `error`, or an error it was raised from, is an OSError for want of disk space."""
+def space_error(*, error: BaseException) -> OSError | None:
+    """`error`, or the error it was raised from, that is an OSError for want of disk space; None
+    when there is none."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
     while pending and len(seen) < CHAIN_LIMIT:
@@ -30,9 +31,14 @@ def out_of_space(*, error: BaseException) -> bool:
             continue
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in OUT_OF_SPACE_ERRNOS:
-            return True
+            return current
         pending += [current.__cause__, current.__context__]
-    return False
+    return None
+
+
+def out_of_space(*, error: BaseException) -> bool:
+    """True when `error`, or an error it was raised from, is an OSError for want of disk space."""
+    return space_error(error=error) is not None
 
 
 def free_space_note(*, path: str | os.PathLike | None) -> str:

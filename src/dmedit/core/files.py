@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ def replaced_atomically(*, path: Path, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside `path` (ending in `suffix`, for writers that go by it); when
     the block ends normally it replaces `path`; the temporary file never outlives the block. An
     OSError of the block about the temporary file or no file (a full disk: ENOSPC, or EFBIG past a
-    file size limit; PyAV's errors are OSErrors too) becomes `write_error` naming `path`."""
+    file size limit; PyAV's errors are OSErrors too, safetensors' carry the errno in their message)
+    becomes `write_error` naming `path`."""
     temporary = path.with_name(f".{path.stem if suffix else path.name}.partial-{os.getpid()}{suffix}")
     try:
         yield temporary
@@ -33,8 +35,20 @@ def replaced_atomically(*, path: Path, suffix: str = "") -> Iterator[Path]:
         if isinstance(error.filename, (str, os.PathLike)) and os.fspath(error.filename) != os.fspath(temporary):
             raise  # about another file (a source the writer reads): its own name
         raise write_error(error=error, path=path) from None
+    except Exception as error:
+        number = _rust_os_error(error)
+        if number is None:
+            raise
+        raise write_error(error=OSError(number, os.strerror(number)), path=path) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _rust_os_error(error: Exception) -> int | None:
+    """The errno in the message of a writer built in Rust (safetensors' SafetensorError: "I/O error:
+    File too large (os error 27)"), which raises no OSError; None when there is none."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
 
 
 def write_error(*, error: BaseException, path: Path) -> OSError:

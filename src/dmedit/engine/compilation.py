@@ -28,7 +28,7 @@ import torch
 
 from dmedit.core.config import CompileMode
 from dmedit.core.errors import UsageError
-from dmedit.core.disk import CHAIN_LIMIT, OUT_OF_SPACE_ERRNOS
+from dmedit.core.disk import space_error
 from dmedit.core.files import write_error
 
 MODES: tuple[str, ...] = get_args(CompileMode)
@@ -123,16 +123,12 @@ def cache_write_failure(error: BaseException) -> OSError | None:
     space (core.disk.OUT_OF_SPACE_ERRNOS) as an OSError naming the file (or, when the error names
     none, the cache folder) and `--no-compile`: a full disk is a system error, not a reason to run
     eager. None when no such OSError caused `error`."""
-    seen: BaseException | None = error
-    for _ in range(CHAIN_LIMIT):  # a chain of causes may loop back on itself
-        if seen is None:
-            break
-        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE_ERRNOS:
-            named = write_error(error=seen, path=Path(seen.filename or os.environ.get(CACHE_ENV) or "inductor cache"))
-            return OSError(named.errno, f"cannot write inductor's compile cache ({named.strerror}); "
-                           "--no-compile runs without it", named.filename)
-        seen = seen.__cause__ or seen.__context__
-    return None
+    full = space_error(error=error)
+    if full is None:
+        return None
+    named = write_error(error=full, path=Path(full.filename or os.environ.get(CACHE_ENV) or "inductor cache"))
+    return OSError(named.errno, f"cannot write inductor's compile cache ({named.strerror}); "
+                   "--no-compile runs without it", named.filename)
 
 
 def remove_partial_cache_files() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from dmedit.evaluation.metric_types import Metric
-from dmedit.runs.figures import draw_lines, empty_panel, panel_figure, png_bytes, save_png
+from dmedit.core.files import write_bytes
+from dmedit.runs.figures import draw_lines, empty_panel, panel_figure, png_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -94,4 +95,4 @@ def curves_png(*, series: Mapping[str, Mapping[str, Metric]]) -> bytes:
 
 def plot_curves(*, path: Path, series: Mapping[str, Mapping[str, Metric]]) -> None:
     """The per-frame curves (curves_figure) written atomically as a PNG at `path`."""
-    save_png(path=path, png=curves_png(series=series))
+    write_bytes(path=path, data=curves_png(series=series))

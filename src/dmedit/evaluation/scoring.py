@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping
 import numpy as np
 
 from dmedit.core.config import ModelEntry
+from dmedit.core.console import Reporter
 from dmedit.core.errors import ModelError
 from dmedit.evaluation.compare import Compared, EvalRequest, load_compared
 from dmedit.evaluation.flow_metrics import flow_metrics
@@ -127,9 +128,10 @@ class RunScores:
     per-frame curves in OUT.eval.png."""
 
     scorers: Scorers
+    reporter: Reporter
 
     def check(self, *, request: RunRequest, entry: ModelEntry, registry: Registry, device: "torch.device") -> None:
-        check_scorers(registry=registry, scorers=self.scorers)
+        report_skipped(reporter=self.reporter, skipped=check_scorers(registry=registry, scorers=self.scorers))
 
     def write(self, *, clip: FinishedClip, folder: Path, output: Path) -> dict[str, Any]:
         started = time.perf_counter()
@@ -144,6 +146,13 @@ class RunScores:
         return {"eval": record}
 
 
-def run_extras(*, request: RunRequest) -> tuple[RunExtra, ...]:
-    """What a `dmedit run` request adds to its bundle: its scores with --eval."""
-    return (RunScores(scorers=request.output.scorers),) if request.output.eval else ()
+def report_skipped(*, reporter: Reporter, skipped: Mapping[str, str]) -> None:
+    """One line per model metric skipped for want of its weights, naming what would add them."""
+    for name, reason in skipped.items():
+        reporter.line(f"skipped {name}: {reason}")
+
+
+def run_extras(*, request: RunRequest, reporter: Reporter) -> tuple[RunExtra, ...]:
+    """What a `dmedit run` request adds to its bundle: its scores with --eval (the metrics it skips
+    said on `reporter` when the plan checks them)."""
+    return (RunScores(scorers=request.output.scorers, reporter=reporter),) if request.output.eval else ()

@@ -19,6 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 
@@ -153,8 +154,6 @@ def _read_image_mask(*, path: Path) -> np.ndarray:
 def _read_video_mask(*, path: Path) -> np.ndarray:
     """A mask video -> (T,h,w) uint8 {0,1} at its native size, upright as players show it (its
     display matrix applied, like the video frames), every frame decoded to RGB (PyAV)."""
-    import av  # PyAV is heavy: only mask videos need it
-
     masks: list[np.ndarray] = []
     unclear = np.zeros(2, dtype=np.int64)
     try:

@@ -11,7 +11,7 @@ from dmedit.core.console import Reporter
 from dmedit.core.errors import UsageError
 from dmedit.models.convert import convert_folder, pickle_only_folders
 from dmedit.models.download import pull
-from dmedit.models.hub import local_model_dir, weights_present
+from dmedit.models.hub import entry_kind, local_model_dir, weights_present
 from dmedit.models.registry import Registry, load_registry
 
 
@@ -79,7 +79,7 @@ def _presence(entry: ModelEntry | DetectorEntry | ScorerEntry) -> str:
 def describe_entry(*, name: str, registry_file: Path | None) -> str:
     """Every field of one entry, then where its weights are and whether they are present."""
     entry = _find(name=name, registry_file=registry_file)
-    kind = "model" if isinstance(entry, ModelEntry) else "scorer" if isinstance(entry, ScorerEntry) else "detector"
+    kind = entry_kind(entry=entry)
     lines = [f"{'kind':16} {kind}"]
     for field in dataclasses.fields(entry):
         value = getattr(entry, field.name)

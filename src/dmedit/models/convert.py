@@ -39,8 +39,9 @@ SAFETENSORS_METADATA = {"format": "pt"}
 """The header transformers requires of a safetensors file it loads."""
 _INDEX_NAME = re.compile(r"(?P<stem>[^/]+?)\.(?:bin|pt|pth)\.index(?P<variant>\.[^.]+)?\.json")
 _TRANSFORMERS_STEM = re.compile(r"^pytorch_model(?=$|[.-])")
-_LOADED_PICKLE = re.compile(r"(?:diffusion_)?pytorch_model(?:\.[^.]+)?(?:-\d+-of-\d+)?\.bin")
-"""The pickle names diffusers and transformers would load, were pickles allowed."""
+LOADED_PICKLE = re.compile(r"(?:diffusion_)?pytorch_model(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.bin")
+"""The pickle names diffusers and transformers would load, were pickles allowed (name, variant,
+shard number): what `models pull` downloads for a `weights = "pickle"` entry."""
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -128,7 +129,7 @@ def pickle_only_folders(*, folder: Path) -> list[Path]:
     """The folders under `folder` (itself included) that hold weights a loader would read as pickles
     (diffusion_pytorch_model*.bin, pytorch_model*.bin) and no .safetensors file: what `dmedit models
     convert` still has to do before dmedit can load the model."""
-    with_pickles = {path.parent for path in folder.rglob("*.bin") if _LOADED_PICKLE.fullmatch(path.name)}
+    with_pickles = {path.parent for path in folder.rglob("*.bin") if LOADED_PICKLE.fullmatch(path.name)}
     return sorted(path for path in with_pickles if not any(path.glob("*.safetensors")))
 
 

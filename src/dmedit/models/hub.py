@@ -27,7 +27,7 @@ import platformdirs
 
 from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry, WeightFormat
 from dmedit.core.errors import DmeditError, ModelError, UsageError
-from dmedit.models.convert import pickle_only_folders
+from dmedit.models.convert import LOADED_PICKLE, pickle_only_folders
 
 CACHE_ENV = "DMEDIT_CACHE"
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -49,7 +49,7 @@ built by an older dmedit is never mistaken for the current model."""
 CONFIG_AND_TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")
 _WEIGHT_NAMES = {
     "safetensors": re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.safetensors"),
-    "pickle": re.compile(r"[^.]+(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.(?:bin|pt|pth)"),
+    "pickle": LOADED_PICKLE,  # not optimizer.pt or training_args.bin: only the weights loaders read
 }
 """The weight files `select_repo_files` picks for each `weights` format (name, variant, shard number)."""
 _TRUE_VALUES = ("1", "on", "yes", "true")

@@ -86,7 +86,7 @@ def check_cascade(*, request: RunRequest, entry: ModelEntry, registry: Registry,
             f"model '{entry.name}' is not on this machine: missing {listed}. Run `dmedit models pull {entry.name}` "
             f"on a connected machine (it pulls every stage; copy the Hugging Face cache {hub_cache_dir()} here if "
             "it is another one), or set `path` for each missing entry in a registry file (--registry FILE).")
-    for stage in needed:
+    for stage in needed[1:]:  # the plan resolves the edited entry itself
         resolve_weights(entry=stage)  # pickle-only weights: the convert line before the keyframes run
 
 

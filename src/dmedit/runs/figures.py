@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from dmedit.core.files import replaced_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -70,9 +68,3 @@ def png_bytes(*, figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
-
-
-def save_png(*, path: Path, png: bytes) -> None:
-    """PNG bytes at `path`, atomically (core.files): the file is whole or absent."""
-    with replaced_atomically(path=path) as temporary:
-        temporary.write_bytes(png)

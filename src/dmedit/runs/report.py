@@ -12,8 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from dmedit.core.files import write_bytes
 from dmedit.media.encode import WrittenVideo
-from dmedit.runs.figures import draw_lines, empty_panel, panel_figure, png_bytes, save_png
+from dmedit.runs.figures import draw_lines, empty_panel, panel_figure, png_bytes
 from dmedit.runs.optimise import Edited
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def loss_png(*, history: Mapping[str, Sequence[float]]) -> bytes:
 
 def plot_losses(*, path: Path, history: Mapping[str, Sequence[float]]) -> None:
     """The loss curves (loss_figure) written atomically as a PNG at `path` (OUT.loss.png)."""
-    save_png(path=path, png=loss_png(history=history))
+    write_bytes(path=path, data=loss_png(history=history))
 
 
 def run_report(*, edited: Edited, written: WrittenVideo, timings: Mapping[str, float],

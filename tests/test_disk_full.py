@@ -160,3 +160,12 @@ def test_a_mask_preview_that_cannot_be_written_leaves_neither_output(
                            "--quiet", "-o", str(base), limit=4096)
     _one_line_naming(done, tmp_path / "bird.mask.mp4")
     assert _everything_under(tmp_path) == [], "no preview, no masks folder, no staging folder"
+
+
+def test_a_model_build_that_cannot_be_written_is_one_line_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder's weights go through safetensors, which raises no OSError: still exit 1, not 4."""
+    monkeypatch.setenv("DMEDIT_CACHE", str(tmp_path / "cache"))
+    done = _limited_dmedit("models", "pull", "tiny", limit=64 * 1024)
+    _one_line_naming(done, tmp_path / "cache" / "tiny.build1")
+    assert list((tmp_path / "cache").iterdir()) == [], "no half-built model, no staging folder"

@@ -36,7 +36,7 @@ def replaced_atomically(*, path: Path, suffix: str = "") -> Iterator[Path]:
             raise  # about another file (a source the writer reads): its own name
         raise write_error(error=error, path=path) from None
     except Exception as error:
-        number = _rust_os_error(error)
+        number = errno_in_message(error)
         if number is None:
             raise
         raise write_error(error=OSError(number, os.strerror(number)), path=path) from None
@@ -44,7 +44,7 @@ def replaced_atomically(*, path: Path, suffix: str = "") -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def _rust_os_error(error: Exception) -> int | None:
+def errno_in_message(error: BaseException) -> int | None:
     """The errno in the message of a writer built in Rust (safetensors' SafetensorError: "I/O error:
     File too large (os error 27)"), which raises no OSError; None when there is none."""
     found = re.search(r"\(os error (\d+)\)", str(error))

@@ -26,7 +26,9 @@ from pathlib import Path
 import platformdirs
 
 from dmedit.core.config import DetectorEntry, ModelEntry, ScorerEntry, WeightFormat
+from dmedit.core.disk import OUT_OF_SPACE_ERRNOS, space_error
 from dmedit.core.errors import DmeditError, ModelError, UsageError
+from dmedit.core.files import errno_in_message, write_error
 from dmedit.models.convert import LOADED_PICKLE, pickle_only_folders
 
 CACHE_ENV = "DMEDIT_CACHE"
@@ -258,6 +260,11 @@ def _built_model_dir(*, entry: Entry) -> Path:
     except DmeditError:
         raise
     except Exception as error:
+        number = errno_in_message(error)  # safetensors' writes raise no OSError
+        full = space_error(error=error) or (OSError(number, os.strerror(number)) if number in OUT_OF_SPACE_ERRNOS
+                                            else None)
+        if full is not None:  # a full disk: a system error (exit 1), not a fault of the model
+            raise write_error(error=full, path=target) from None
         raise ModelError(f"{label}: building it into {target} failed: {one_line(error)}") from error
     finally:
         shutil.rmtree(staging_parent, ignore_errors=True)
